@@ -1,0 +1,39 @@
+"""asyncbridge: one awaitable, blocking-gettable, cancellable handle for work that finishes later.
+
+``await handle`` from any asyncio loop or trio run, ``handle.get(timeout=...)`` from sync code,
+callbacks, Celery-style states, and cancellation that reaches the work, for asyncio tasks,
+coroutines, ``concurrent.futures`` futures and thread work alike.
+"""
+
+# No `from __future__ import annotations` here: it would add a public name.
+# `X as X` is the explicit re-export that mypy --strict honours.
+from ._asyncio import spawn as spawn
+from ._context import cancel_requested as cancel_requested, checkpoint as checkpoint
+from ._errors import Cancelled as Cancelled
+from ._result import Result as Result, State as State, shield as shield
+from ._threads import run_in_thread as run_in_thread
+from ._wrap import wrap as wrap
+
+AsyncResult = Result  # Celery's name for the same class
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AsyncResult",
+    "Cancelled",
+    "Result",
+    "State",
+    "cancel_requested",
+    "checkpoint",
+    "run_in_thread",
+    "shield",
+    "spawn",
+    "wrap",
+)
+
+# Reprs, tracebacks and docs say asyncbridge.Result, not asyncbridge._result.Result.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("asyncbridge._"):
+        _obj.__module__ = "asyncbridge"
+del _name, _obj

@@ -1,0 +1,274 @@
+"""Binds asyncio futures and tasks, and coroutines (``spawn``), to handles; owns the background loop.
+
+``spawn(coro)`` runs the coroutine where it can run without blocking anyone:
+
+- in async code under asyncio: a task on the running loop;
+- in async code under trio: a system task of the current trio run (trio has no loop-global task
+  spawner; a system task is cancelled when the run's main task ends, and the handle then ends
+  REVOKED);
+- in sync code: a task on one shared background loop, running in the daemon thread
+  ``asyncbridge-loop``, started on first use, stopped at interpreter exit (its tasks are cancelled
+  first), and started afresh in a child process after ``fork()``.
+
+Not ``asyncio.run_coroutine_threadsafe``/``wrap_future``: each adds a second future per call, and
+``wrap_future`` silently drops a result whose destination loop is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import inspect
+import os
+import threading
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any, TypeVar
+
+from ._context import CURRENT
+from ._result import STARTED, Result, _get_running_loop
+
+T = TypeVar("T")
+
+#: How long interpreter exit waits for cancelled background-loop tasks to finish unwinding.
+EXIT_GRACE = 2.0
+
+
+def _copy_state(h: Result[Any], fut: asyncio.Future[Any]) -> None:
+    if fut.cancelled():
+        h._set_cancelled()
+        return
+    exc = fut.exception()  # also marks it retrieved: no "exception was never retrieved" noise
+    if exc is not None:
+        h._set_exception(exc)
+    else:
+        h._set_result(fut.result())
+
+
+def _cancel_on_loop(h: Result[Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    if _get_running_loop() is loop:
+        fut.cancel()  # Task.cancel is not thread-safe: only ever call it on its loop
+        return
+    try:
+        loop.call_soon_threadsafe(fut.cancel)
+    except RuntimeError:  # the loop is closed: the work can never run again
+        h._set_cancelled("its event loop is closed")
+
+
+def _bind(h: Result[T], fut: asyncio.Future[T], loop: asyncio.AbstractEventLoop, on_loop: bool) -> None:
+    h._loop = loop
+    h._src = fut
+    if fut.done():
+        _copy_state(h, fut)
+        return
+    callback = partial(_copy_state, h)
+    if on_loop:
+        fut.add_done_callback(callback)
+    else:
+        try:
+            loop.call_soon_threadsafe(fut.add_done_callback, callback)
+        except RuntimeError:
+            h._set_exception(RuntimeError(f"{fut!r} can never finish: its event loop is closed"))
+            return
+    h._on_cancel(partial(_cancel_on_loop, h, fut, loop))
+
+
+def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
+    """A handle mirroring an asyncio Future or Task; safe to call from any thread.
+
+    A Task is STARTED at once (it is scheduled); a plain Future stays PENDING until it is done.
+    """
+    h: Result[T] = Result()
+    if isinstance(fut, asyncio.Task):
+        h._st = STARTED
+        h._label = f"task {fut.get_name()}"
+    else:
+        h._label = "asyncio future"
+    loop = fut.get_loop()
+    _bind(h, fut, loop, _get_running_loop() is loop)
+    return h
+
+
+def check_coroutine(coro: object, caller: str) -> None:
+    if inspect.iscoroutine(coro):
+        return
+    if inspect.iscoroutinefunction(coro):
+        raise TypeError(
+            f"{caller}() needs a coroutine object, not the coroutine function {coro.__qualname__}; "
+            f"call it: {caller}({coro.__qualname__}(...))"
+        )
+    raise TypeError(f"{caller}() needs a coroutine, not {type(coro).__qualname__}")
+
+
+def spawn(coro: Coroutine[Any, Any, T]) -> Result[T]:
+    """Run the coroutine ``coro`` and return its handle at once; callable from any thread.
+
+    In async code under asyncio it becomes a task on the running loop; under trio, a system task of
+    the current run; in sync code, a task on the shared background loop (thread ``asyncbridge-loop``).
+    The handle is STARTED once the task exists. ``handle.cancel()`` cancels the task on its own loop
+    (before it starts, the coroutine is closed and never runs). Inside the coroutine,
+    ``asyncbridge.checkpoint()`` and ``cancel_requested()`` see this handle.
+
+    Raises:
+        TypeError: ``coro`` is not a coroutine (a coroutine *function* gets a hint to call it).
+        RuntimeError: called in sync code during interpreter shutdown.
+    """
+    check_coroutine(coro, "spawn")
+    h: Result[T] = Result()
+    h._label = f"coroutine {getattr(coro, '__qualname__', '?')}()"
+    ctx = contextvars.copy_context()
+    ctx.run(CURRENT.set, h)
+    loop = _get_running_loop()
+    if loop is not None:
+        h._st = STARTED
+        _bind(h, loop.create_task(coro, context=ctx), loop, True)
+        return h
+    if _in_trio():
+        _spawn_trio(h, coro, ctx)
+        return h
+    loop = BACKGROUND.loop()
+    h._loop = loop
+    loop.call_soon_threadsafe(_start, h, coro, ctx, loop)
+    return h
+
+
+def _start(
+    h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Context, loop: asyncio.AbstractEventLoop
+) -> None:
+    if not h._set_started():  # revoked before it could start: it never runs
+        coro.close()
+        return
+    _bind(h, loop.create_task(coro, context=ctx), loop, True)
+
+
+def _in_trio() -> bool:
+    import sys
+
+    if "trio" not in sys.modules:
+        return False
+    import trio
+
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> None:
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+    h._loop = token
+    h._st = STARTED
+    scope = trio.CancelScope()
+
+    def cancel() -> None:
+        try:
+            token.run_sync_soon(scope.cancel)
+        except trio.RunFinishedError:
+            h._set_cancelled("its trio run has finished")
+
+    async def run() -> None:
+        try:
+            with scope:
+                value = await coro
+        except trio.Cancelled:
+            h._set_cancelled()  # the run is ending: our system task is being cancelled
+            raise
+        except BaseException as exc:
+            h._set_exception(exc)
+            return
+        if scope.cancelled_caught:
+            h._set_cancelled()
+        else:
+            h._set_result(value)
+
+    h._on_cancel(cancel)
+    trio.lowlevel.spawn_system_task(run, name=h._label, context=ctx)
+
+
+class _BackgroundLoop:
+    """The shared event loop for coroutines spawned from sync code."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("asyncbridge's background loop is shut down (interpreter exit)")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=self._run, args=(loop, ready), name="asyncbridge-loop", daemon=True
+                )
+                thread.start()
+                ready.wait()
+                self._thread = thread
+                self._loop = loop
+            return self._loop
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            asyncio.set_event_loop(None)
+
+    def shutdown(self, grace: float = EXIT_GRACE) -> None:
+        """Cancel every task on the loop, let them unwind for up to ``grace`` s, stop and close it.
+
+        Starts queued before the shutdown still run first (and are cancelled at once), so every
+        handle ends REVOKED instead of staying PENDING.
+        """
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        done = threading.Event()
+
+        async def drain() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=grace)
+
+        def begin() -> None:
+            task = loop.create_task(drain())
+            task.add_done_callback(lambda _: (loop.stop(), done.set()))
+
+        try:
+            loop.call_soon_threadsafe(begin)
+        except RuntimeError:
+            return
+        done.wait(grace + 1.0)
+        thread.join(1.0)
+        if not thread.is_alive():
+            loop.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The loop's thread does not exist in the child: forget the loop and start afresh on use.
+        self._lock = threading.Lock()
+        self._loop = None
+        self._thread = None
+
+
+BACKGROUND = _BackgroundLoop()
+atexit.register(BACKGROUND.shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=BACKGROUND._after_fork_in_child)

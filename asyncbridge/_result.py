@@ -1,0 +1,819 @@
+"""The handle: one state machine for every kind of work.
+
+:class:`Result` owns its :class:`State`, its outcome (a value, or an exception kept with its
+traceback), its waiters (blocking ``get()`` calls, awaiters on any number of asyncio loops or trio
+runs, ``concurrent.futures.wait`` calls), its done-callbacks, and the cancellation request with the
+hooks that carry it to the work. Adapters (``_asyncio.py``, ``_futures.py``, ``_threads.py``) bind a
+kind of work to a handle through the private completer API below and nothing else.
+
+Design record (figures from ``benchmarks/``, CPython 3.11, 2 cores):
+
+- ``Result`` subclasses ``concurrent.futures.Future`` so that ``cf.wait``, ``cf.as_completed``,
+  ``asyncio.wrap_future`` and ``isinstance`` checks accept it. It never calls ``Future.__init__``:
+  the ``Condition`` (with its ``RLock``) that makes a ``cf.Future`` cost 1,600 B is created only when
+  ``cf.wait``/``cf.as_completed`` asks for ``_condition``, and it wraps the handle's own plain lock, so
+  the cf waiter protocol and our transitions are serialised by one lock. Slots keep a pending handle
+  near 270 B (a ``cf.Future`` plus an ``asyncio.Future`` is about 1,750 B).
+- Every waiter, ours or cf's, sits in one list and is woken through cf's waiter protocol
+  (``add_result``/``add_exception``/``add_cancelled``), outside the lock.
+- A waiter carries a wake-up, not the outcome: the woken caller reads the outcome from the handle, so
+  every caller sees the same exception object, re-raised with its original traceback.
+- The lock is never held while user code runs or a loop is woken (callbacks may re-enter, block, or
+  take another handle's lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import enum
+import logging
+import math
+import os
+import threading
+import traceback as _traceback
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Result", "State", "shield"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+LOGGER = logging.getLogger("asyncbridge")
+
+_get_running_loop = asyncio._get_running_loop  # the C getter: no exception when there is no loop
+
+
+class State(enum.StrEnum):
+    """Where a handle stands, in Celery's vocabulary (``State.SUCCESS == "SUCCESS"``).
+
+    PENDING -> STARTED -> (PROGRESS | RETRY)* -> SUCCESS | FAILURE | REVOKED. States only move
+    forward; the last three are terminal and set once.
+    """
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"
+
+
+PENDING, STARTED, PROGRESS, RETRY = State.PENDING, State.STARTED, State.PROGRESS, State.RETRY
+SUCCESS, FAILURE, REVOKED = State.SUCCESS, State.FAILURE, State.REVOKED
+_TERMINAL = frozenset({SUCCESS, FAILURE, REVOKED})
+_RUNNING = frozenset({STARTED, PROGRESS})
+_FINISHED = frozenset({SUCCESS, FAILURE})
+
+# The one table of legal moves. A move it lacks is a bug in an adapter and raises.
+_MOVES: dict[State, frozenset[State]] = {
+    PENDING: frozenset({STARTED, REVOKED, SUCCESS, FAILURE}),
+    STARTED: frozenset({PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED}),
+    PROGRESS: frozenset({PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED}),
+    RETRY: frozenset({STARTED, REVOKED, FAILURE}),
+}
+
+# concurrent.futures' private state names, read by cf.wait and cf.as_completed through `_state`.
+_CF_STATE = {
+    PENDING: "PENDING",
+    STARTED: "RUNNING",
+    PROGRESS: "RUNNING",
+    RETRY: "RUNNING",
+    SUCCESS: "FINISHED",
+    FAILURE: "FINISHED",
+    REVOKED: "CANCELLED_AND_NOTIFIED",
+}
+
+# Set by _threads: called before a thread blocks in get(); returns the undo, or None. It lets a
+# bounded pool add a worker while one of its own workers waits, so waiting cannot starve the pool.
+block_hook: Callable[[], Callable[[], None] | None] | None = None
+
+
+class _ThreadWaiter:
+    """A blocked ``get()``: one lock, held until the handle ends."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+    def add_result(self, _h: object) -> None:
+        self.lock.release()
+
+    add_exception = add_cancelled = add_result
+
+
+def _wake_future(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # the awaiter may have been cancelled in the meantime
+        fut.set_result(None)
+
+
+class _LoopWaiter:
+    """An ``await`` on an asyncio loop: completion sets ``fut`` on that loop's thread."""
+
+    __slots__ = ("fut", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.fut = fut
+
+    def add_result(self, _h: object) -> None:
+        if _get_running_loop() is self.loop:
+            _wake_future(self.fut)
+            return
+        try:
+            self.loop.call_soon_threadsafe(_wake_future, self.fut)
+        except RuntimeError:
+            pass  # "Event loop is closed": its awaiters are gone; the outcome stays in the handle
+
+    add_exception = add_cancelled = add_result
+
+
+class _TrioWaiter:
+    """An ``await`` under trio: completion reschedules the task from the trio thread."""
+
+    __slots__ = ("aborted", "task", "token")
+
+    def __init__(self, token: Any, task: Any) -> None:
+        self.token = token
+        self.task = task
+        self.aborted = False
+
+    def _wake(self) -> None:  # runs on the trio thread, as does abort(): no race between them
+        if not self.aborted:
+            self.aborted = True
+            import trio
+
+            trio.lowlevel.reschedule(self.task)
+
+    def add_result(self, _h: object) -> None:
+        import trio
+
+        try:
+            self.token.run_sync_soon(self._wake)  # never blocks the completing thread
+        except trio.RunFinishedError:
+            pass
+
+    add_exception = add_cancelled = add_result
+
+
+_ID_LOCK = threading.Lock()
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__qualname__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return min(float(timeout), threading.TIMEOUT_MAX)
+
+
+class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is generic in typeshed only
+    """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
+
+    Obtain one from :func:`asyncbridge.wrap`, :func:`asyncbridge.spawn` or
+    :func:`asyncbridge.run_in_thread`. ``Result()`` with no argument makes a blank handle that you
+    complete yourself with :meth:`set_result` / :meth:`set_exception`, as an executor completes a
+    ``concurrent.futures.Future``.
+
+    - ``await handle`` works in any coroutine on any asyncio loop in any thread, and under trio
+      (directly or through anyio). It returns the value or raises the work's exception.
+    - ``handle.get(timeout)`` blocks the calling thread, except where blocking could never end.
+    - It is a ``concurrent.futures.Future``: ``cf.wait``, ``cf.as_completed`` and
+      ``asyncio.wrap_future`` accept it, mixed with plain futures.
+    - Celery's reading API: ``id``, ``state``, ``info``, ``traceback``, ``ready()``,
+      ``successful()``, ``failed()``.
+
+    Every method is thread-safe.
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "_cancel_requested",
+        "_cond",
+        "_hooks",
+        "_id",
+        "_label",
+        "_lock",
+        "_loop",
+        "_meta",
+        "_probe",
+        "_src",
+        "_st",
+        "_tb",
+        "_value",
+        "_wl",
+    )
+
+    _st: State
+    _value: Any
+    _tb: TracebackType | None
+    _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
+    _wl: list[Any] | None
+    _cond: threading.Condition | None
+    _id: str | None
+    _hooks: list[Callable[[], object]] | None
+    _loop: Any
+    _meta: dict[str, Any] | None
+    _label: str
+    _probe: Callable[[], bool] | None
+    _src: Any
+    _cancel_requested: bool
+
+    def __init__(self) -> None:
+        # cf.Future.__init__ is skipped on purpose: see the module docstring.
+        self._lock = threading.Lock()
+        self._st = PENDING
+        self._value = None
+        self._tb = None
+        self._callbacks = None
+        self._wl = None
+        self._cond = None
+        self._id = None
+        self._hooks = None
+        self._loop = None
+        self._meta = None
+        self._label = ""
+        self._probe = None
+        self._src = None
+        self._cancel_requested = False
+
+    # -- concurrent.futures' private waiter protocol (read by cf.wait and cf.as_completed) --------
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
+        cond = self._cond
+        if cond is None:
+            # Two threads racing here make two Conditions over the same lock, which is harmless.
+            cond = self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
+        return cond
+
+    @property  # type: ignore[override]
+    def _waiters(self) -> list[Any]:
+        # cf reads this while holding _condition, which is our lock.
+        wl = self._wl
+        if wl is None:
+            wl = self._wl = []
+        return wl
+
+    @property  # type: ignore[override]
+    def _state(self) -> str:
+        self._poll()
+        return _CF_STATE[self._st]
+
+    @property  # type: ignore[override]
+    def _exception(self) -> BaseException | None:
+        return self._value if self._st is FAILURE else None
+
+    # -- the completer API, for adapters ----------------------------------------------------------
+
+    def _move(self, to: State) -> bool:
+        """Check and make one move; the caller holds the lock. False if already terminal."""
+        frm = self._st
+        if frm in _TERMINAL:
+            return False
+        if to not in _MOVES[frm]:
+            if to is STARTED:  # already started: a no-op, not a bug
+                return False
+            raise cf.InvalidStateError(f"{self!r}: illegal move {frm} -> {to}")
+        self._st = to
+        return True
+
+    def _set_started(self) -> bool:
+        """PENDING or RETRY -> STARTED. False if the handle was revoked or ended before the start:
+        then the caller must not run the work."""
+        with self._lock:
+            return self._move(STARTED)
+
+    def _set_progress(self, meta: dict[str, Any]) -> bool:
+        """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``."""
+        with self._lock:
+            if not self._move(PROGRESS):
+                return False
+            self._meta = meta
+            return True
+
+    def _set_result(self, value: T) -> bool:
+        return self._finish(SUCCESS, value, None)
+
+    def _set_exception(self, exc: BaseException) -> bool:
+        return self._finish(FAILURE, exc, exc.__traceback__)
+
+    def _set_cancelled(self, msg: str | None = None) -> bool:
+        return self._finish(REVOKED, cf.CancelledError(msg) if msg else cf.CancelledError(), None)
+
+    def _on_cancel(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` (outside the lock) when cancellation is requested; at once if it already
+        was. While a handle has hooks, ``cancel()`` forwards the request and waits for the work to
+        report how it ended; without hooks a PENDING handle is revoked at once."""
+        with self._lock:
+            if self._st in _TERMINAL:
+                return
+            if not self._cancel_requested:
+                if self._hooks is None:
+                    self._hooks = [hook]
+                else:
+                    self._hooks.append(hook)
+                return
+        self._run_hook(hook)
+
+    def _run_hook(self, hook: Callable[[], object]) -> None:
+        try:
+            hook()
+        except BaseException:
+            LOGGER.exception("exception while carrying a cancel request to the work of %r", self)
+
+    def _finish(self, to: State, value: Any, tb: TracebackType | None) -> bool:
+        with self._lock:
+            if not self._move(to):
+                return False
+            waiters, callbacks = self._store(value, tb)
+        self._notify(to, waiters, callbacks)
+        return True
+
+    def _store(self, value: Any, tb: TracebackType | None) -> tuple[list[Any] | None, Any]:
+        """Keep the outcome and take what must be woken; the caller holds the lock and has moved."""
+        self._value = value
+        self._tb = tb
+        self._hooks = None
+        self._src = None  # the source is done: drop it (and what it holds)
+        self._probe = None
+        waiters = self._wl
+        if waiters:
+            # cf.wait removes its waiter from this very list later: copy, never clear
+            waiters = list(waiters)
+        callbacks = self._callbacks
+        self._callbacks = None
+        return waiters, callbacks
+
+    def _notify(self, to: State, waiters: list[Any] | None, callbacks: Any) -> None:
+        # Everything here runs outside the lock: waking loops writes to sockets, callbacks are
+        # user code.
+        if waiters:
+            for waiter in waiters:
+                try:
+                    if to is SUCCESS:
+                        waiter.add_result(self)
+                    elif to is FAILURE:
+                        waiter.add_exception(self)
+                    else:
+                        waiter.add_cancelled(self)
+                except BaseException:
+                    LOGGER.exception("exception while waking a waiter of %r", self)
+        if callbacks:
+            for fn, loop in callbacks:
+                self._dispatch(fn, loop)
+
+    def _poll(self) -> None:
+        """Let a source that cannot report its start (a foreign cf.Future) say it is running."""
+        probe = self._probe
+        if probe is not None and self._st is PENDING and probe():
+            self._set_started()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """A unique id (128 random bits as hex; the engine's own id for Celery/Dask results).
+
+        Made on first access, once: every reader gets the same string.
+        """
+        ident = self._id
+        if ident is None:
+            with _ID_LOCK:  # not self._lock: repr() needs the id, and may run under self._lock
+                ident = self._id
+                if ident is None:
+                    ident = self._id = os.urandom(16).hex()
+        return ident
+
+    @property
+    def task_id(self) -> str:
+        """Celery's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def state(self) -> State:
+        """The current :class:`State`."""
+        self._poll()
+        return self._st
+
+    @property
+    def status(self) -> State:
+        """Celery's alias of :attr:`state`."""
+        return self.state
+
+    @property
+    def info(self) -> Any:
+        """None while PENDING or STARTED; the progress meta (a dict) while PROGRESS; the value on
+        SUCCESS; the exception on FAILURE, and on REVOKED a ``concurrent.futures.CancelledError``."""
+        st = self._st
+        if st is PROGRESS:
+            return self._meta
+        if st in _TERMINAL:
+            return self._value
+        return None
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted traceback of the failure (with its causes), or None unless FAILURE."""
+        if self._st is not FAILURE:
+            return None
+        exc = self._value
+        return "".join(_traceback.format_exception(type(exc), exc, self._tb))
+
+    def ready(self) -> bool:
+        """True once SUCCESS, FAILURE or REVOKED (Celery's name for :meth:`done`)."""
+        return self._st in _TERMINAL
+
+    def done(self) -> bool:
+        """True once SUCCESS, FAILURE or REVOKED."""
+        return self._st in _TERMINAL
+
+    def successful(self) -> bool:
+        """True if the work returned a value."""
+        return self._st is SUCCESS
+
+    def failed(self) -> bool:
+        """True if the work raised (FAILURE). A REVOKED handle is not failed."""
+        return self._st is FAILURE
+
+    def cancelled(self) -> bool:
+        """True once REVOKED: the work never started, or has really stopped."""
+        return self._st is REVOKED
+
+    def running(self) -> bool:
+        """True while the work runs (STARTED or PROGRESS)."""
+        self._poll()
+        return self._st in _RUNNING
+
+    def cancel_requested(self) -> bool:
+        """True once :meth:`cancel` was called on this (still unfinished) handle."""
+        return self._cancel_requested or self._st is REVOKED
+
+    # -- cancellation -----------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Ask the work to stop, wherever it lives; thread-safe.
+
+        Returns False only when the handle is already done; True otherwise, even for running work
+        (``concurrent.futures.Future.cancel`` returns False there). The handle turns REVOKED only once
+        the work has really stopped or never started:
+
+        - work not yet started by asyncbridge (queued thread work, a coroutine not yet on its loop)
+          is revoked at once and never runs;
+        - an asyncio task is cancelled on its own loop (``CancelledError`` at its next ``await``);
+        - a ``concurrent.futures.Future`` is cancelled if still pending; running, it is out of reach;
+        - running thread work sees the request through ``checkpoint()`` / ``cancel_requested()``.
+
+        Work that ignores the request ends SUCCESS or FAILURE and the handle says so: a produced
+        result is never thrown away.
+        """
+        with self._lock:
+            st = self._st
+            if st in _TERMINAL:
+                return False
+            if self._cancel_requested:
+                return True
+            self._cancel_requested = True
+            hooks = self._hooks
+            self._hooks = None
+            taken = None
+            if st is PENDING and hooks is None:
+                # Not yet claimed by a start step: revoke under this same lock, so no start can
+                # slip in between; the start step will find REVOKED and skip the work.
+                self._st = REVOKED
+                taken = self._store(cf.CancelledError(), None)
+        if taken is not None:
+            self._notify(REVOKED, *taken)
+        elif hooks is not None:
+            for hook in hooks:
+                self._run_hook(hook)
+        return True
+
+    # -- callbacks --------------------------------------------------------------------------------
+
+    def add_done_callback(  # type: ignore[override]
+        self, fn: Callable[[Result[T]], object], *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Call ``fn(handle)`` exactly once, when the handle becomes SUCCESS, FAILURE or REVOKED.
+
+        ``fn`` runs in the thread that completes the work (here and now, if the handle is already
+        done), or, with ``loop=``, on that loop through ``call_soon_threadsafe``. ``get()`` may return
+        before ``fn`` has run. If ``fn`` raises, the error is logged to the ``asyncbridge`` logger and
+        the other callbacks still run.
+        """
+        if not callable(fn):
+            raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__qualname__}")
+        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
+        with self._lock:
+            if self._st not in _TERMINAL:
+                if self._callbacks is None:
+                    self._callbacks = [(fn, loop)]
+                else:
+                    self._callbacks.append((fn, loop))
+                return
+        self._dispatch(fn, loop)
+
+    def remove_done_callback(self, fn: Callable[[Result[T]], object]) -> int:
+        """Remove every registration of ``fn`` not yet run; return how many were removed."""
+        with self._lock:
+            callbacks = self._callbacks
+            if not callbacks:
+                return 0
+            kept = [entry for entry in callbacks if entry[0] != fn]
+            self._callbacks = kept
+            return len(callbacks) - len(kept)
+
+    def _dispatch(self, fn: Callable[[Result[T]], object], loop: asyncio.AbstractEventLoop | None) -> None:
+        if loop is None or _get_running_loop() is loop:
+            self._invoke(fn)
+            return
+        try:
+            loop.call_soon_threadsafe(self._invoke, fn)
+        except RuntimeError:
+            LOGGER.error("done-callback %r of %r was dropped: its event loop is closed", fn, self)
+
+    def _invoke(self, fn: Callable[[Result[T]], object]) -> None:
+        try:
+            fn(self)
+        except BaseException:
+            # BaseException too: a callback's SystemExit must not kill the completing thread or loop
+            LOGGER.exception("exception calling done-callback %r of %r", fn, self)
+
+    # -- blocking ---------------------------------------------------------------------------------
+
+    def _block(self, timeout: float | None, caller: str) -> bool:
+        """Wait until done or ``timeout``; True if done."""
+        if self._st in _TERMINAL:
+            return True
+        loop = self._loop
+        if loop is not None and self._on_owner_thread(loop):
+            raise RuntimeError(
+                f"{self!r}.{caller}() was called on the event-loop thread that must run this work, "
+                "so it could never return; use 'await' here, or call it from another thread"
+            )
+        waiter = _ThreadWaiter()
+        with self._lock:
+            if self._st in _TERMINAL:
+                return True
+            if self._wl is None:
+                self._wl = [waiter]
+            else:
+                self._wl.append(waiter)
+        undo = block_hook() if block_hook is not None else None
+        woken = False
+        try:
+            woken = waiter.lock.acquire() if timeout is None else waiter.lock.acquire(True, timeout)
+        finally:
+            if undo is not None:
+                undo()
+            if not woken:  # timed out or interrupted (KeyboardInterrupt): withdraw the waiter
+                with self._lock:
+                    wl = self._wl
+                    if wl is not None and waiter in wl:
+                        wl.remove(waiter)
+        # A completion that landed after the timeout but before the withdrawal wins.
+        return self._st in _TERMINAL
+
+    @staticmethod
+    def _on_owner_thread(loop: Any) -> bool:
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            return _get_running_loop() is loop
+        import trio  # a trio token: only handles made inside a trio run carry one
+
+        try:
+            return bool(trio.lowlevel.current_trio_token() == loop)
+        except RuntimeError:
+            return False
+
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> T: ...
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> T | BaseException: ...
+    @overload
+    def get(self, timeout: float | None, propagate: bool) -> T | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> T | BaseException:
+        """Wait up to ``timeout`` seconds (``None``: no limit) for the work, then return its value.
+
+        A failed handle raises its exception (the same object for every caller, with its original
+        traceback); a revoked one raises ``concurrent.futures.CancelledError``. With
+        ``propagate=False`` the exception is returned instead of raised.
+
+        From any thread that is not running the work's event loop this blocks as asked, including
+        on the thread of another event loop (which then stalls). Ctrl-C interrupts the wait.
+
+        Raises:
+            TimeoutError: ``timeout`` ran out. The work goes on; call ``cancel()`` to stop it.
+            concurrent.futures.CancelledError: the handle is REVOKED (and ``propagate`` is true).
+            RuntimeError: called on the event-loop thread that must run this work, where waiting
+                could never end. Use ``await handle`` there.
+        """
+        timeout = _check_timeout(timeout)
+        if not self._block(timeout, "get"):
+            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
+        if not propagate and self._st is not SUCCESS:
+            return self._value  # type: ignore[no-any-return]
+        return self._outcome()
+
+    def result(self, timeout: float | None = None) -> T:
+        """``concurrent.futures.Future.result``: :meth:`get` with ``propagate=True``."""
+        timeout = _check_timeout(timeout)
+        if not self._block(timeout, "result"):
+            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
+        return self._outcome()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """``concurrent.futures.Future.exception``: the work's exception, or None if it succeeded.
+
+        Raises ``TimeoutError`` as :meth:`get` does, and ``concurrent.futures.CancelledError`` if the
+        handle is REVOKED.
+        """
+        timeout = _check_timeout(timeout)
+        if not self._block(timeout, "exception"):
+            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
+        st = self._st
+        if st is REVOKED:
+            raise cf.CancelledError() from None
+        return self._value if st is FAILURE else None  # type: ignore[no-any-return]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done or ``timeout``; return whether the handle is done. Never raises the
+        work's exception (the RuntimeError of :meth:`get` still applies)."""
+        return self._block(_check_timeout(timeout), "wait")
+
+    def _outcome(self) -> T:
+        st = self._st
+        if st is SUCCESS:
+            return self._value  # type: ignore[no-any-return]
+        exc = self._value
+        try:
+            if st is REVOKED:
+                raise cf.CancelledError(*exc.args)
+            raise exc.with_traceback(self._tb)  # the original frames, not those of earlier raises
+        finally:
+            del exc  # break the frame -> traceback -> exception cycle
+
+    # -- awaiting ---------------------------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await handle``: the value, or the work's exception.
+
+        If the awaiting task is cancelled (a timeout, a task group), the work is cancelled too, as
+        awaiting an asyncio task does; await :func:`shield` (``await shield(handle)``) to leave the
+        work running. A REVOKED handle raises ``asyncio.CancelledError`` under asyncio and
+        ``concurrent.futures.CancelledError`` under trio (trio reserves its own ``Cancelled`` for
+        cancel scopes).
+        """
+        if self._st not in _TERMINAL:
+            yield from self._wait_async(True)
+        return self._outcome_async()
+
+    def _outcome_async(self) -> T:
+        if self._st is REVOKED:
+            msg = self._value.args
+            if _get_running_loop() is not None:
+                raise asyncio.CancelledError(*msg)
+            raise cf.CancelledError(*msg)
+        return self._outcome()
+
+    def _wait_async(self, cancel_work: bool) -> Generator[Any, None, None]:
+        loop = _get_running_loop()
+        if loop is not None:
+            src = self._src
+            if cancel_work and self._loop is loop and src is not None and not src.done():
+                # An asyncio future of this very loop: await it directly, one loop hop fewer.
+                # Cancelling the awaiter cancels it, as awaiting a task does.
+                try:
+                    yield from src
+                except asyncio.CancelledError:
+                    if not src.cancelled():  # the awaiter itself was cancelled
+                        raise
+                except BaseException:
+                    if not src.done():
+                        raise
+                if self._st in _TERMINAL:  # our done-callback was added first, so ran first
+                    return
+            fut: asyncio.Future[None] = loop.create_future()
+            waiter: Any = _LoopWaiter(loop, fut)
+            if not self._add_waiter(waiter):
+                return
+            try:
+                yield from fut
+            except BaseException as exc:
+                self._remove_waiter(waiter)
+                if cancel_work and isinstance(exc, asyncio.CancelledError):
+                    self.cancel()
+                raise
+            return
+        yield from self._wait_trio(cancel_work)
+
+    def _wait_trio(self, cancel_work: bool) -> Generator[Any, None, None]:
+        try:
+            import trio
+
+            task = trio.lowlevel.current_task()
+            token = trio.lowlevel.current_trio_token()
+        except (ImportError, RuntimeError):
+            raise RuntimeError(
+                f"{self!r} was awaited outside an asyncio event loop or a trio run"
+            ) from None
+        waiter = _TrioWaiter(token, task)
+        if not self._add_waiter(waiter):
+            return
+
+        def abort(_raise_cancel: object) -> Any:
+            waiter.aborted = True
+            self._remove_waiter(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        try:
+            yield from trio.lowlevel.wait_task_rescheduled(abort).__await__()
+        except trio.Cancelled:
+            if cancel_work:
+                self.cancel()
+            raise
+
+    def _add_waiter(self, waiter: object) -> bool:
+        with self._lock:
+            if self._st in _TERMINAL:
+                return False
+            if self._wl is None:
+                self._wl = [waiter]
+            else:
+                self._wl.append(waiter)
+            return True
+
+    def _remove_waiter(self, waiter: object) -> None:
+        with self._lock:
+            wl = self._wl
+            if wl is not None and waiter in wl:
+                wl.remove(waiter)
+
+    # -- concurrent.futures' public producer API --------------------------------------------------
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """The executor's claim step: PENDING -> STARTED and True; False if already revoked."""
+        with self._lock:
+            if self._st is REVOKED:
+                return False
+            if self._st is not PENDING:
+                raise RuntimeError(f"{self!r}: set_running_or_notify_cancel() in state {self._st}")
+            return self._move(STARTED)
+
+    def set_result(self, result: T) -> None:
+        """Complete the handle with ``result``. Raises ``InvalidStateError`` if already done."""
+        if not self._set_result(result):
+            raise cf.InvalidStateError(f"{self!r} is already done")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Fail the handle with ``exception``. Raises ``InvalidStateError`` if already done."""
+        if not isinstance(exception, BaseException):
+            raise TypeError(f"set_exception() needs an exception, not {type(exception).__qualname__}")
+        if not self._set_exception(exception):
+            raise cf.InvalidStateError(f"{self!r} is already done")
+
+    # -- the rest ---------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        label = f" {self._label}" if self._label else ""
+        return f"<{type(self).__name__} {self.id[:8]}… {self._st}{label}>"  # no locks: see _move
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
+        )
+
+
+class _Shielded(Generic[T_co]):
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: Result[T_co]) -> None:
+        self._handle = handle
+
+    def __await__(self) -> Generator[Any, None, T_co]:
+        h = self._handle
+        if h._st not in _TERMINAL:
+            yield from h._wait_async(False)
+        return h._outcome_async()
+
+
+def shield(handle: Result[T]) -> _Shielded[T]:
+    """An awaitable for ``handle`` whose cancellation does not cancel the work.
+
+    ``await shield(h)`` returns or raises as ``await h`` does; if the awaiting task is cancelled,
+    only that await stops and the work goes on for every other waiter.
+    """
+    if not isinstance(handle, Result):
+        raise TypeError(f"shield() needs an asyncbridge Result, not {type(handle).__qualname__}")
+    return _Shielded(handle)

@@ -1,0 +1,62 @@
+"""``wrap()``: one entry point that dispatches on the type of work to one adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import inspect
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar, overload
+
+from ._asyncio import spawn, wrap_asyncio_future
+from ._futures import wrap_cf_future
+from ._result import Result
+
+T = TypeVar("T")
+
+
+@overload
+def wrap(obj: Result[T]) -> Result[T]: ...
+@overload
+def wrap(obj: Coroutine[Any, Any, T]) -> Result[T]: ...
+@overload
+def wrap(obj: asyncio.Future[T]) -> Result[T]: ...
+@overload
+def wrap(obj: cf.Future[T]) -> Result[T]: ...
+
+
+def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
+    """Return the handle for ``obj``, safe to call from any thread.
+
+    Accepts:
+
+    - a :class:`Result`: returned as is;
+    - an ``asyncio.Future`` or ``asyncio.Task``: a handle that mirrors it (a Task is STARTED at once);
+      ``cancel()`` cancels it on its own loop;
+    - a coroutine: scheduled exactly as :func:`asyncbridge.spawn` does;
+    - a ``concurrent.futures.Future``: a handle that mirrors it; STARTED once the future runs;
+      ``cancel()`` calls ``future.cancel()`` (which cannot stop a running future).
+
+    Wrapping the same object twice gives two handles (with two ids) that agree on state and outcome:
+    both mirror the one source.
+
+    Raises:
+        TypeError: ``obj`` is none of these; the message names its type.
+    """
+    if isinstance(obj, Result):  # before cf.Future: a Result is one
+        return obj
+    if isinstance(obj, asyncio.Future):
+        return wrap_asyncio_future(obj)
+    if isinstance(obj, cf.Future):
+        return wrap_cf_future(obj)
+    if inspect.iscoroutine(obj):
+        return spawn(obj)
+    if inspect.iscoroutinefunction(obj):
+        raise TypeError(
+            f"wrap() cannot wrap the coroutine function {obj.__qualname__}; call it first: "
+            f"wrap({obj.__qualname__}(...))"
+        )
+    raise TypeError(
+        f"wrap() cannot wrap a {type(obj).__qualname__}; it accepts an asyncio Future or Task, "
+        "a coroutine, a concurrent.futures.Future or an asyncbridge Result"
+    )

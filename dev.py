@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent
 def venv_for(python: str) -> Path:
     version = subprocess.run(
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     venv = ROOT / f".venv-{version}"
     if not (venv / "bin" / "python").exists():

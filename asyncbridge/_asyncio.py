@@ -22,12 +22,14 @@ import contextvars
 import inspect
 import os
 import threading
-from collections.abc import Coroutine
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import CURRENT
 from ._result import STARTED, Result, _get_running_loop
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 T = TypeVar("T")
 
@@ -248,9 +250,12 @@ class _BackgroundLoop:
             if tasks:
                 await asyncio.wait(tasks, timeout=grace)
 
+        def finished(_: object) -> None:
+            loop.stop()
+            done.set()
+
         def begin() -> None:
-            task = loop.create_task(drain())
-            task.add_done_callback(lambda _: (loop.stop(), done.set()))
+            loop.create_task(drain()).add_done_callback(finished)
 
         try:
             loop.call_soon_threadsafe(begin)

@@ -7,11 +7,13 @@ of reach and the handle reports how it really ended.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._result import STARTED, Result
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
 
 T = TypeVar("T")
 

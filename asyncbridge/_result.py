@@ -32,12 +32,11 @@ import math
 import os
 import threading
 import traceback as _traceback
-from collections.abc import Callable, Generator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from collections.abc import Callable, Generator
+    from types import TracebackType
 
 __all__ = ["Result", "State", "shield"]
 
@@ -177,7 +176,7 @@ def _check_timeout(timeout: float | None) -> float | None:
     return min(float(timeout), threading.TIMEOUT_MAX)
 
 
-class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is generic in typeshed only
+class Result(cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
     Obtain one from :func:`asyncbridge.wrap`, :func:`asyncbridge.spawn` or
@@ -249,29 +248,29 @@ class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is ge
 
     # -- concurrent.futures' private waiter protocol (read by cf.wait and cf.as_completed) --------
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         cond = self._cond
         if cond is None:
             # Two threads racing here make two Conditions over the same lock, which is harmless.
-            cond = self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
+            cond = self._cond = threading.Condition(self._lock)
         return cond
 
-    @property  # type: ignore[override]
-    def _waiters(self) -> list[Any]:
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
         # cf reads this while holding _condition, which is our lock.
         wl = self._wl
         if wl is None:
             wl = self._wl = []
         return wl
 
-    @property  # type: ignore[override]
-    def _state(self) -> str:
+    @property
+    def _state(self) -> str:  # type: ignore[override]
         self._poll()
         return _CF_STATE[self._st]
 
-    @property  # type: ignore[override]
-    def _exception(self) -> BaseException | None:
+    @property
+    def _exception(self) -> BaseException | None:  # type: ignore[override]
         return self._value if self._st is FAILURE else None
 
     # -- the completer API, for adapters ----------------------------------------------------------
@@ -501,7 +500,7 @@ class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is ge
 
     # -- callbacks --------------------------------------------------------------------------------
 
-    def add_done_callback(  # type: ignore[override]
+    def add_done_callback(
         self, fn: Callable[[Result[T]], object], *, loop: asyncio.AbstractEventLoop | None = None
     ) -> None:
         """Call ``fn(handle)`` exactly once, when the handle becomes SUCCESS, FAILURE or REVOKED.
@@ -645,7 +644,7 @@ class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is ge
         st = self._st
         if st is REVOKED:
             raise cf.CancelledError() from None
-        return self._value if st is FAILURE else None  # type: ignore[no-any-return]
+        return self._value if st is FAILURE else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done or ``timeout``; return whether the handle is done. Never raises the
@@ -725,9 +724,7 @@ class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is ge
             task = trio.lowlevel.current_task()
             token = trio.lowlevel.current_trio_token()
         except (ImportError, RuntimeError):
-            raise RuntimeError(
-                f"{self!r} was awaited outside an asyncio event loop or a trio run"
-            ) from None
+            raise RuntimeError(f"{self!r} was awaited outside an asyncio event loop or a trio run") from None
         waiter = _TrioWaiter(token, task)
         if not self._add_waiter(waiter):
             return
@@ -738,7 +735,7 @@ class Result(cf.Future[T], Generic[T]):  # type: ignore[misc]  # cf.Future is ge
             return trio.lowlevel.Abort.SUCCEEDED
 
         try:
-            yield from trio.lowlevel.wait_task_rescheduled(abort).__await__()
+            yield from trio.lowlevel.wait_task_rescheduled(abort).__await__()  # noqa: ASYNC105  # __await__ is a generator: this is the await
         except trio.Cancelled:
             if cancel_work:
                 self.cancel()

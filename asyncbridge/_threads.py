@@ -92,9 +92,7 @@ class _ThreadPool:
             if len(self._threads) >= self._max + self._lent or self._closed:
                 return
             self._counter += 1
-            t = threading.Thread(
-                target=self._work, name=f"{self._name}-{self._counter}", daemon=True
-            )
+            t = threading.Thread(target=self._work, name=f"{self._name}-{self._counter}", daemon=True)
             self._threads.add(t)
         t.start()
 
@@ -204,11 +202,9 @@ def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> R
         RuntimeError: called during interpreter shutdown.
     """
     if not callable(fn):
-        if hasattr(fn, "close") and hasattr(fn, "cr_frame"):
-            fn.close()  # a coroutine: close it so Python does not also warn "never awaited"
-            raise TypeError(
-                "run_in_thread() needs a function, not a coroutine; use asyncbridge.spawn(coro)"
-            )
+        if isinstance(fn, CoroutineType):  # type: ignore[unreachable]  # typed callers cannot get here
+            fn.close()  # close it, or Python also warns "never awaited" and buries this message
+            raise TypeError("run_in_thread() needs a function, not a coroutine; use asyncbridge.spawn(coro)")
         raise TypeError(f"run_in_thread() needs a callable, not {type(fn).__qualname__}")
     h: Result[T] = Result()
     h._label = f"thread {getattr(fn, '__qualname__', type(fn).__qualname__)}()"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import inspect
-from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._asyncio import spawn, wrap_asyncio_future
 from ._futures import wrap_cf_future
 from ._result import Result
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._context import CURRENT
+from ._context import CURRENT, settle_failure
 from ._result import STARTED, Result, _get_running_loop
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def spawn(coro: Coroutine[Any, Any, T]) -> Result[T]:
     loop = _get_running_loop()
     if loop is not None:
         h._st = STARTED
-        _bind(h, loop.create_task(coro, context=ctx), loop, True)
+        _run_as_task(h, coro, ctx, loop)
         return h
     if _in_trio():
         _spawn_trio(h, coro, ctx)
@@ -141,7 +141,39 @@ def _start(
     if not h._set_started():  # revoked before it could start: it never runs
         coro.close()
         return
-    _bind(h, loop.create_task(coro, context=ctx), loop, True)
+    _run_as_task(h, coro, ctx, loop)
+
+
+async def _run(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
+    # The outcome goes to the handle from inside the task, before asyncio can discard it: a task
+    # cancelled during its last step (say, by itself) reports CANCELLED and drops its return value.
+    try:
+        value = await coro
+    except asyncio.CancelledError:
+        h._set_cancelled()
+        raise
+    except BaseException as exc:
+        h._set_exception(exc)  # delivered to the handle; the loop itself must survive
+        del exc
+    else:
+        h._set_result(value)
+
+
+def _after_run(h: Result[Any], coro: Coroutine[Any, Any, Any], task: asyncio.Future[None]) -> None:
+    # A task cancelled before its first step never entered _run: close the coroutine and say so.
+    coro.close()
+    if task.cancelled():
+        h._set_cancelled()
+
+
+def _run_as_task(
+    h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Context, loop: asyncio.AbstractEventLoop
+) -> None:
+    task = loop.create_task(_run(h, coro), context=ctx)
+    task.add_done_callback(partial(_after_run, h, coro))
+    h._loop = loop
+    h._src = task
+    h._on_cancel(partial(_cancel_on_loop, h, task, loop))
 
 
 def _in_trio() -> bool:
@@ -180,7 +212,7 @@ def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Con
             h._set_cancelled()  # the run is ending: our system task is being cancelled
             raise
         except BaseException as exc:
-            h._set_exception(exc)
+            settle_failure(h, exc)
             return
         if scope.cancelled_caught:
             h._set_cancelled()

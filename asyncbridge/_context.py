@@ -38,3 +38,12 @@ def cancel_requested() -> bool:
     """
     h = CURRENT.get()
     return h is not None and h._cancel_requested
+
+
+def settle_failure(h: Result[Any], exc: BaseException) -> None:
+    """End ``h`` for work that raised ``exc``: REVOKED if it is our ``Cancelled`` answering a
+    request, FAILURE otherwise (work that raised Cancelled unasked simply failed)."""
+    if isinstance(exc, Cancelled) and h._cancel_requested:
+        h._set_cancelled()
+    else:
+        h._set_exception(exc)

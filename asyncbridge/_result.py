@@ -696,8 +696,9 @@ class Result(cf.Future[T]):
                 try:
                     yield from src
                 except asyncio.CancelledError:
-                    if not src.cancelled():  # the awaiter itself was cancelled
-                        raise
+                    # The awaiter's own cancellation, or the work's: either way re-raise this very
+                    # exception, whose message tells a cancel scope (anyio) that it is its own.
+                    raise
                 except BaseException:
                     if not src.done():
                         raise

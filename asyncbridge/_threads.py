@@ -29,8 +29,7 @@ from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
 from . import _result
-from ._context import CURRENT
-from ._errors import Cancelled
+from ._context import CURRENT, settle_failure
 from ._result import Result
 
 P = ParamSpec("P")
@@ -48,10 +47,7 @@ def _run_item(h: Result[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwa
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
-        if isinstance(exc, Cancelled) and h._cancel_requested:
-            h._set_cancelled()
-        else:
-            h._set_exception(exc)
+        settle_failure(h, exc)
         del exc  # break the frame -> traceback -> exception cycle
     else:
         if type(value) is CoroutineType:  # an async function was passed: it never ran

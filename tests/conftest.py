@@ -12,8 +12,9 @@ import pytest
 #: ASYNCBRIDGE_SOAK=1 multiplies every stress count by this.
 SOAK = 50 if os.environ.get("ASYNCBRIDGE_SOAK") else 1
 
-# The library's own long-lived threads: named, started on first use, kept for the process.
-LIBRARY_THREADS = ("asyncbridge-loop", "asyncbridge-worker")
+# Long-lived threads kept on purpose: the library's own (named, started on first use) and the idle
+# thread caches of trio and anyio, which outlive a test by design.
+LIBRARY_THREADS = ("asyncbridge-loop", "asyncbridge-worker", "Trio thread", "AnyIO worker thread")
 
 
 @pytest.fixture(

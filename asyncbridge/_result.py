@@ -247,31 +247,49 @@ class Result(cf.Future[T]):
         self._cancel_requested = False
 
     # -- concurrent.futures' private waiter protocol (read by cf.wait and cf.as_completed) --------
+    # Properties with setters, so that the handle also satisfies typeshed's protocol for
+    # cf.as_completed (which declares these as plain attributes).
 
     @property
-    def _condition(self) -> threading.Condition:  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
         cond = self._cond
         if cond is None:
             # Two threads racing here make two Conditions over the same lock, which is harmless.
             cond = self._cond = threading.Condition(self._lock)
         return cond
 
+    @_condition.setter
+    def _condition(self, value: threading.Condition) -> None:
+        raise AttributeError("an asyncbridge handle's condition is its own lock")
+
     @property
-    def _waiters(self) -> list[Any]:  # type: ignore[override]
+    def _waiters(self) -> list[Any]:
         # cf reads this while holding _condition, which is our lock.
         wl = self._wl
         if wl is None:
             wl = self._wl = []
         return wl
 
+    @_waiters.setter
+    def _waiters(self, value: list[Any]) -> None:
+        raise AttributeError("an asyncbridge handle's waiters are kept by the handle")
+
     @property
-    def _state(self) -> str:  # type: ignore[override]
+    def _state(self) -> str:
         self._poll()
         return _CF_STATE[self._st]
 
+    @_state.setter
+    def _state(self, value: str) -> None:
+        raise AttributeError("an asyncbridge handle's state moves only through its own methods")
+
     @property
-    def _exception(self) -> BaseException | None:  # type: ignore[override]
+    def _exception(self) -> BaseException | None:
         return self._value if self._st is FAILURE else None
+
+    @_exception.setter
+    def _exception(self, value: BaseException | None) -> None:
+        raise AttributeError("an asyncbridge handle's exception is set through set_exception()")
 
     # -- the completer API, for adapters ----------------------------------------------------------
 

@@ -3,6 +3,9 @@
 Most tests use a blank ``ab.Result()``, completed by hand as an executor would, so each property is
 checked on the state machine alone; the adapters have their own modules.
 """
+# mypy: disable-error-code="comparison-overlap,unreachable,func-returns-value"
+# (tests read h.state again after the handle moved on, which mypy narrows to the first value read,
+# and use `lambda: (a(), b())` to do two things in one callback)
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -324,13 +328,14 @@ def test_cf_wait_and_as_completed_accept_handles_mixed_with_futures() -> None:
         plain = pool.submit(gate.wait, 10)
         handle = ab.run_in_thread(gate.wait, 10)
         blank: ab.Result[int] = ab.Result()
-        done, pending = cf.wait([plain, handle, blank], timeout=0)
+        mixed: list[cf.Future[Any]] = [plain, handle, blank]
+        done, pending = cf.wait(mixed, timeout=0)
         assert not done and pending == {plain, handle, blank}
         gate.set()
-        done, pending = cf.wait([plain, handle], timeout=10)
+        done, pending = cf.wait(mixed[:2], timeout=10)
         assert done == {plain, handle} and not pending
         blank.set_result(1)
-        assert set(cf.as_completed([plain, handle, blank], timeout=10)) == {plain, handle, blank}
+        assert set(cf.as_completed(mixed, timeout=10)) == {plain, handle, blank}
 
 
 def test_cf_wait_first_exception_and_first_completed() -> None:
@@ -355,8 +360,8 @@ def test_cf_wait_first_exception_and_first_completed() -> None:
 
 def test_as_completed_yields_in_completion_order() -> None:
     handles = [ab.Result[int]() for _ in range(3)]
-    order: list[ab.Result[int]] = []
-    it = cf.as_completed(handles, timeout=10)
+    order: list[cf.Future[int]] = []
+    it: Iterator[cf.Future[int]] = cf.as_completed(handles, timeout=10)
     for i in (2, 0, 1):
         handles[i].set_result(i)
         order.append(next(it))

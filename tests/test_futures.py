@@ -1,0 +1,87 @@
+"""concurrent.futures.Future through the handle: state truth, cancel both ways, shutdown."""
+# mypy: disable-error-code="comparison-overlap,unreachable,func-returns-value"
+# (tests read h.state again after the handle moved on, which mypy narrows to the first value read,
+# and use `lambda: (a(), b())` to do two things in one callback)
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+
+import pytest
+
+import asyncbridge as ab
+
+
+def test_a_running_future_reports_started_and_running() -> None:
+    with cf.ThreadPoolExecutor(1) as pool:
+        started, gate = threading.Event(), threading.Event()
+        fut = pool.submit(lambda: (started.set(), gate.wait(10))[1])
+        h = ab.wrap(fut)
+        assert started.wait(10)
+        assert h.running() and h.state is ab.State.STARTED
+        gate.set()
+        assert h.get(10) is True
+        assert h.state is ab.State.SUCCESS
+
+
+def test_a_queued_future_is_pending_and_cancel_revokes_it() -> None:
+    with cf.ThreadPoolExecutor(1) as pool:
+        gate = threading.Event()
+        pool.submit(gate.wait, 10)
+        queued = pool.submit(lambda: "never")
+        h = ab.wrap(queued)
+        assert h.state is ab.State.PENDING
+        assert h.cancel()
+        assert queued.cancelled() and h.state is ab.State.REVOKED
+        gate.set()
+
+
+def test_cancel_cannot_reach_a_running_future_and_the_result_is_kept() -> None:
+    with cf.ThreadPoolExecutor(1) as pool:
+        started, gate = threading.Event(), threading.Event()
+        fut = pool.submit(lambda: (started.set(), gate.wait(10), "kept")[2])
+        h = ab.wrap(fut)
+        assert started.wait(10)
+        assert h.cancel()  # True: the request is recorded (cf.Future.cancel says False here)
+        assert not fut.cancelled() and h.cancel_requested()
+        gate.set()
+        assert h.get(10) == "kept" and h.state is ab.State.SUCCESS
+
+
+def test_future_cancelled_elsewhere_revokes_the_handle() -> None:
+    fut: cf.Future[int] = cf.Future()
+    h = ab.wrap(fut)
+    fut.cancel()
+    assert h.state is ab.State.REVOKED
+    with pytest.raises(cf.CancelledError):
+        h.get(0)
+
+
+def test_shutdown_cancel_futures_revokes_queued_handles() -> None:
+    pool = cf.ThreadPoolExecutor(1)
+    gate = threading.Event()
+    running = ab.wrap(pool.submit(gate.wait, 10))
+    queued = [ab.wrap(pool.submit(int, i)) for i in range(5)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    pool.shutdown(wait=True)
+    assert running.get(10) is True
+    assert all(h.state is ab.State.REVOKED for h in queued)
+
+
+def test_failure_keeps_the_exception_object() -> None:
+    fut: cf.Future[int] = cf.Future()
+    h = ab.wrap(fut)
+    err = ValueError("from the pool")
+    fut.set_exception(err)
+    assert h.exception() is err and h.failed()
+
+
+@pytest.mark.anyio
+async def test_await_a_pending_future_completed_by_a_thread() -> None:
+    with cf.ThreadPoolExecutor(1) as pool:
+        gate = threading.Event()
+        h = ab.wrap(pool.submit(lambda: (gate.wait(10), 42)[1]))
+        gate.set()
+        assert await h == 42

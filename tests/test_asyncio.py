@@ -9,14 +9,13 @@ import asyncio
 import concurrent.futures as cf
 import threading
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
 import pytest
 
 import asyncbridge as ab
-
 
 T = TypeVar("T")
 

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import time
 import traceback as _traceback
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -164,6 +165,9 @@ class _TrioWaiter:
 
 
 _ID_LOCK = threading.Lock()
+
+#: How often a blocked get() checks that the event loop running its work has not been closed.
+LOOP_WATCH = 0.25
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -590,7 +594,10 @@ class Result(cf.Future[T]):
         undo = block_hook() if block_hook is not None else None
         woken = False
         try:
-            woken = waiter.lock.acquire() if timeout is None else waiter.lock.acquire(True, timeout)
+            if isinstance(loop, asyncio.AbstractEventLoop):
+                woken = self._acquire_watching(waiter.lock, timeout, loop)
+            else:
+                woken = waiter.lock.acquire() if timeout is None else waiter.lock.acquire(True, timeout)
         finally:
             if undo is not None:
                 undo()
@@ -601,6 +608,37 @@ class Result(cf.Future[T]):
                         wl.remove(waiter)
         # A completion that landed after the timeout but before the withdrawal wins.
         return self._st in _TERMINAL
+
+    def _acquire_watching(
+        self, lock: threading.Lock, timeout: float | None, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Acquire ``lock``, checking every :data:`LOOP_WATCH` s that the work's loop still exists.
+
+        A loop closed by hand (not by ``asyncio.run``, which cancels its tasks first) runs no more
+        callbacks: the outcome of a future it finished but never reported is rescued, and a future
+        it will never finish fails with an error saying why, instead of blocking for ever.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = LOOP_WATCH if deadline is None else min(LOOP_WATCH, deadline - time.monotonic())
+            if lock.acquire(True, max(step, 0.0)):
+                return True
+            if loop.is_closed() and self._st not in _TERMINAL:
+                self._rescue_from_closed_loop()
+            if self._st in _TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+                return False
+
+    def _rescue_from_closed_loop(self) -> None:
+        src = self._src
+        if src is not None and src.done():
+            if src.cancelled():
+                self._set_cancelled("its event loop was closed")
+            elif src.exception() is not None:
+                self._set_exception(src.exception())
+            else:
+                self._set_result(src.result())
+        else:
+            self._set_exception(RuntimeError(f"{self!r} can never finish: its event loop was closed"))
 
     @staticmethod
     def _on_owner_thread(loop: Any) -> bool:

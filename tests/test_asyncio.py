@@ -382,3 +382,25 @@ def test_get_inside_the_trio_run_of_the_work_raises() -> None:
             await h
 
     trio.run(main)
+
+
+def test_get_on_work_of_a_loop_closed_by_hand_fails_instead_of_hanging() -> None:
+    loop = asyncio.new_event_loop()
+    fut: asyncio.Future[int] = loop.create_future()
+    h = ab.wrap(fut)  # bound through call_soon_threadsafe: the loop never ran it
+    loop.close()
+    with pytest.raises(RuntimeError, match="can never finish: its event loop was closed"):
+        h.get(timeout=10)
+
+
+def test_a_result_finished_on_a_loop_closed_before_reporting_it_is_rescued() -> None:
+    loop = asyncio.new_event_loop()
+
+    async def make() -> tuple[asyncio.Future[int], ab.Result[int]]:
+        fut = loop.create_future()
+        return fut, ab.wrap(fut)
+
+    fut, h = loop.run_until_complete(make())
+    fut.set_result(5)  # schedules the handle's done-callback, which the closed loop never runs
+    loop.close()
+    assert h.get(timeout=10) == 5

@@ -9,7 +9,12 @@ coroutines, ``concurrent.futures`` futures and thread work alike.
 # `X as X` is the explicit re-export that mypy --strict honours.
 from ._asyncio import spawn as spawn
 from ._context import cancel_requested as cancel_requested, checkpoint as checkpoint
-from ._errors import Cancelled as Cancelled
+from ._errors import (
+    Cancelled as Cancelled,
+    RemoteTraceback as RemoteTraceback,
+    WorkerCrashed as WorkerCrashed,
+)
+from ._process import ProcessPool as ProcessPool, run_in_process as run_in_process
 from ._result import Result as Result, State as State, shield as shield
 from ._threads import run_in_thread as run_in_thread
 from ._wrap import wrap as wrap
@@ -21,10 +26,14 @@ __version__ = "0.1.0"
 __all__ = (
     "AsyncResult",
     "Cancelled",
+    "ProcessPool",
+    "RemoteTraceback",
     "Result",
     "State",
+    "WorkerCrashed",
     "cancel_requested",
     "checkpoint",
+    "run_in_process",
     "run_in_thread",
     "shield",
     "spawn",

@@ -3,8 +3,12 @@
 The tree::
 
     BaseException
-     └── asyncio.CancelledError
-          └── Cancelled            raised by checkpoint() inside work whose handle was cancelled
+     ├── asyncio.CancelledError
+     │    └── Cancelled            raised by checkpoint() inside work whose handle was cancelled
+     └── Exception
+          ├── RuntimeError
+          │    └── WorkerCrashed   a worker process died while running the work
+          └── RemoteTraceback      the worker's traceback text, chained as a remote error's cause
 
 Everything else is a standard exception, chosen so that existing ``except`` clauses keep working:
 
@@ -30,3 +34,42 @@ class Cancelled(asyncio.CancelledError):
     ``except Exception:`` in the work does not swallow it. Let it propagate: the handle then ends
     REVOKED. Work that catches it and returns a value ends SUCCESS instead, and the handle says so.
     """
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died (a signal, ``os._exit``, a segfault, out of memory) while running the work.
+
+    Only the task that worker was running fails; the pool starts a new worker for the next task.
+
+    Attributes:
+        pid: the process id of the worker that died.
+        exitcode: its exit code (negative: killed by that signal), or None if unknown.
+    """
+
+    def __init__(self, message: str, *, pid: int, exitcode: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_worker_crashed, (str(self), self.pid, self.exitcode))
+
+
+def _rebuild_worker_crashed(message: str, pid: int, exitcode: int | None) -> WorkerCrashed:
+    return WorkerCrashed(message, pid=pid, exitcode=exitcode)
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a worker process.
+
+    Set as the ``__cause__`` of the exception that comes back, so the worker's frames show in
+    ``handle.traceback`` and in any printed traceback, under "The above exception was the direct
+    cause of the following exception".
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'

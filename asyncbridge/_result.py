@@ -332,20 +332,25 @@ class Result(cf.Future[T]):
     def _set_cancelled(self, msg: str | None = None) -> bool:
         return self._finish(REVOKED, cf.CancelledError(msg) if msg else cf.CancelledError(), None)
 
-    def _on_cancel(self, hook: Callable[[], object]) -> None:
+    def _on_cancel(self, hook: Callable[[], object]) -> bool:
         """Run ``hook()`` (outside the lock) when cancellation is requested; at once if it already
         was. While a handle has hooks, ``cancel()`` forwards the request and waits for the work to
-        report how it ended; without hooks a PENDING handle is revoked at once."""
+        report how it ended; without hooks a PENDING handle is revoked at once.
+
+        Returns False, without registering, if the handle is already done: a start step uses this
+        as its claim (queued work revoked before the claim is skipped, and after it, cancel()
+        reaches the hook)."""
         with self._lock:
             if self._st in _TERMINAL:
-                return
+                return False
             if not self._cancel_requested:
                 if self._hooks is None:
                     self._hooks = [hook]
                 else:
                     self._hooks.append(hook)
-                return
+                return True
         self._run_hook(hook)
+        return True
 
     def _run_hook(self, hook: Callable[[], object]) -> None:
         try:

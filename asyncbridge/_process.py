@@ -1,0 +1,576 @@
+"""Process work: a pool of worker processes that survives crashes and stops work on cancel.
+
+Why a pool of our own and not ``concurrent.futures.ProcessPoolExecutor``, pebble or loky:
+
+- ``ProcessPoolExecutor`` fails *every* pending future with ``BrokenProcessPool`` when one worker dies,
+  then refuses new work, and cannot stop a running task.
+- pebble isolates crashes and kills a cancelled task's worker, and loky restarts broken pools, but
+  neither carries a per-task cancel flag or progress reports into the worker without a manager
+  process or a queue per task, and neither reports when a task really starts. Those three are the
+  point of this module (``checkpoint()``, ``cancel_requested()`` and STARTED work in processes as in
+  threads), so we keep the one piece of machinery they need, about 400 lines, here.
+
+How it works. Each worker has one duplex pipe to the parent and one word of shared memory, the
+number of the task it must stop. One manager thread (``asyncbridge-process``) waits on every pipe
+and every worker's exit sentinel at once (``multiprocessing.connection.wait``): it hands a task to an
+idle worker, turns the worker's messages (started, done, failed, cancelled) into handle transitions,
+and notices at once when a worker dies. Then only that worker's task fails, with
+:class:`WorkerCrashed` naming the pid and the exit code or signal, and a fresh worker takes its place.
+
+Cancelling a running task writes its number into the worker's shared word (its next
+``checkpoint()`` raises), then, if the work has not stopped after :data:`CANCEL_GRACE` seconds, the
+worker is terminated (SIGTERM), and killed (SIGKILL) :data:`KILL_AFTER` seconds later; the handle
+ends REVOKED and a new worker replaces it.
+
+Arguments are pickled in the calling thread, so an unpicklable argument fails the call at once
+with a ``TypeError`` naming it. Start method: ``forkserver`` where the platform has it, else
+``spawn`` (never ``fork``: the parent runs threads, and forking a threaded process can deadlock the
+child; Python 3.14 makes forkserver the POSIX default for the same reason). Pass ``start_method=``
+to :class:`ProcessPool` to choose.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures as cf
+import functools
+import multiprocessing
+import multiprocessing.connection as mpc
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from ._context import CURRENT
+from ._errors import Cancelled, RemoteTraceback, WorkerCrashed
+from ._result import Result
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Seconds a cancelled running task gets to stop at a checkpoint() before its worker is terminated.
+CANCEL_GRACE = 0.1
+#: Seconds between SIGTERM and SIGKILL for a worker that does not exit.
+KILL_AFTER = 0.5
+#: Seconds interpreter exit waits for workers to finish before killing them.
+EXIT_GRACE = 2.0
+
+# Messages from a worker: (kind, seq, body)
+_STARTED, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
+
+
+# -- the worker side -----------------------------------------------------------------------------
+
+
+class _WorkerHandle:
+    """What ``checkpoint()`` and ``cancel_requested()`` see inside a worker process."""
+
+    __slots__ = ("_cancel_word", "_label", "_seq")
+
+    def __init__(self, seq: int, cancel_word: Any, label: str) -> None:
+        self._seq = seq
+        self._cancel_word = cancel_word
+        self._label = label
+
+    @property
+    def _cancel_requested(self) -> bool:
+        return bool(self._cancel_word.value == self._seq)
+
+    def __repr__(self) -> str:
+        return f"<process task {self._seq} {self._label}>"
+
+
+def _describe_failure(exc: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None  # frames cannot cross; their text does, as the cause
+    blob: bytes | None
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is as bad
+    except Exception:
+        blob = None
+    return pickle.dumps((blob, type(exc).__module__, type(exc).__qualname__, str(exc), text))
+
+
+def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
+    """The loop of one worker process: receive a task, run it, send its outcome."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    send = conn.send_bytes
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if not message:
+            return  # shutdown
+        seq = int.from_bytes(message[:8], "little")
+        send(pickle.dumps((_STARTED, seq, None)))
+        try:
+            fn, args, kwargs = pickle.loads(message[8:])
+        except BaseException as exc:
+            lost = RuntimeError(f"the worker could not unpickle the task: {exc!r}")
+            send(pickle.dumps((_FAILED, seq, _describe_failure(lost))))
+            continue
+        label = getattr(fn, "__qualname__", "?")
+        token = CURRENT.set(_WorkerHandle(seq, cancel_word, label))  # type: ignore[arg-type]
+        reply: tuple[int, int, bytes | None]
+        try:
+            value = fn(*args, **kwargs)
+        except Cancelled as exc:
+            if cancel_word.value == seq:  # answering a request: the task was revoked
+                reply = (_CANCELLED, seq, None)
+            else:
+                reply = (_FAILED, seq, _describe_failure(exc))
+        except BaseException as exc:
+            reply = (_FAILED, seq, _describe_failure(exc))
+            del exc
+        else:
+            try:
+                reply = (_DONE, seq, pickle.dumps(value))
+            except Exception as exc:
+                unsendable = TypeError(
+                    f"the result of {label}() could not be sent back from the worker process: {exc}"
+                )
+                reply = (_FAILED, seq, _describe_failure(unsendable))
+            del value
+        finally:
+            CURRENT.reset(token)
+        send(pickle.dumps(reply))
+
+
+# -- the parent side -----------------------------------------------------------------------------
+
+
+class _Task:
+    __slots__ = ("cancel_at", "handle", "payload", "seq", "worker")
+
+    def __init__(self, handle: Result[Any], payload: bytes, seq: int) -> None:
+        self.handle = handle
+        self.payload = payload
+        self.seq = seq
+        self.worker: _Worker | None = None
+        self.cancel_at: float | None = None  # when to terminate the worker if it has not stopped
+
+
+class _Worker:
+    __slots__ = ("cancel_word", "conn", "kill_at", "pid", "process", "task")
+
+    def __init__(self, ctx: multiprocessing.context.BaseContext) -> None:
+        parent_end, child_end = ctx.Pipe(duplex=True)
+        self.cancel_word = ctx.RawValue("q", -1)
+        self.process = ctx.Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=(child_end, self.cancel_word), name="asyncbridge-process", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.conn = parent_end
+        self.pid: int = self.process.pid
+        self.task: _Task | None = None
+        self.kill_at: float | None = None
+
+
+def _pick_start_method(start_method: str | None) -> multiprocessing.context.BaseContext:
+    if start_method is None:
+        available = multiprocessing.get_all_start_methods()
+        start_method = "forkserver" if "forkserver" in available else "spawn"
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(["asyncbridge._process"])
+    return ctx
+
+
+def _crash_error(worker: _Worker, task: _Task) -> WorkerCrashed:
+    code = worker.process.exitcode
+    if code is None:
+        how = "its connection broke"
+    elif code < 0:
+        try:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return WorkerCrashed(
+        f"worker process {worker.pid} died while running {task.handle._label}: {how}",
+        pid=worker.pid,
+        exitcode=code,
+    )
+
+
+def _remote_failure(body: bytes) -> BaseException:
+    blob, module, qualname, message, text = pickle.loads(body)
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RuntimeError(f"{module}.{qualname}: {message} (the exception could not be sent back as is)")
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+class ProcessPool(cf.Executor):
+    """A pool of worker processes whose ``submit()`` returns asyncbridge handles.
+
+    Unlike ``concurrent.futures.ProcessPoolExecutor``, a worker that dies fails only the task it was
+    running (with :class:`WorkerCrashed`) and is replaced; ``cancel()`` stops a running task
+    (``checkpoint()`` first, then terminate, then kill); and the handle reports STARTED when the
+    worker really begins the task.
+
+    Args:
+        max_workers: the most worker processes at once (default: the CPU count). Workers start on
+            demand and live until :meth:`shutdown`.
+        start_method: ``"forkserver"``, ``"spawn"`` or ``"fork"`` (default: forkserver where the
+            platform has it, else spawn). ``fork`` is offered for tests and for parents that run no
+            threads; a parent with threads (asyncbridge starts some) can deadlock a forked child.
+    """
+
+    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+        self._max = max_workers
+        self._ctx = _pick_start_method(start_method)
+        self.start_method: str = self._ctx.get_start_method()
+        self._lock = threading.Lock()
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._commands: collections.deque[_Task] = collections.deque()  # cancels to act on
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._workers: list[_Worker] = []
+        self._seq = 0
+        self._closed = False
+        self._manager: threading.Thread | None = None
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
+        """Run ``fn(*args, **kwargs)`` in a worker process; return its handle at once.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or ``fn`` or an argument cannot be pickled (the message
+                names which one).
+            RuntimeError: the pool is shut down.
+        """
+        if not callable(fn):
+            raise TypeError(f"run_in_process() needs a callable, not {type(fn).__qualname__}")
+        try:
+            payload = pickle.dumps((fn, args, kwargs))
+        except Exception as exc:
+            raise _unpicklable(fn, args, kwargs, exc) from exc
+        h: Result[T] = Result()
+        h._label = f"process {getattr(fn, '__qualname__', type(fn).__qualname__)}()"
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot run new work: this process pool is shut down")
+            self._seq += 1
+            task = _Task(h, self._seq.to_bytes(8, "little") + payload, self._seq)
+            self._pending.append(task)
+            if self._manager is None:
+                self._manager = threading.Thread(target=self._manage, name="asyncbridge-process", daemon=True)
+                self._manager.start()
+        self._wake()
+        return h
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send_bytes(b"")
+        except OSError:
+            pass  # shut down meanwhile
+
+    def _request_cancel(self, task: _Task) -> None:
+        worker = task.worker
+        if worker is not None:
+            worker.cancel_word.value = task.seq  # the worker's next checkpoint() raises
+        with self._lock:
+            self._commands.append(task)
+        self._wake()
+
+    # -- the manager thread -----------------------------------------------------------------------
+
+    def _manage(self) -> None:
+        idle: list[_Worker] = []
+        try:
+            while True:
+                with self._lock:
+                    closed = self._closed
+                    cancels = list(self._commands)
+                    self._commands.clear()
+                now = time.monotonic()
+                for task in cancels:
+                    if task.worker is not None and task.cancel_at is None:
+                        task.worker.cancel_word.value = task.seq
+                        task.cancel_at = now + CANCEL_GRACE
+                self._dispatch(idle)
+                if closed and not self._pending and not any(w.task for w in self._workers):
+                    return
+                timeout = self._enforce_deadlines(now)
+                waitables: list[Any] = [self._wake_r]
+                for w in self._workers:
+                    waitables.append(w.conn)
+                    waitables.append(w.process.sentinel)
+                for ready in mpc.wait(waitables, timeout):
+                    if ready is self._wake_r:
+                        while self._wake_r.poll():
+                            self._wake_r.recv_bytes()
+                        continue
+                    worker = self._owner(ready)
+                    if worker is None:
+                        continue
+                    if ready is worker.conn:
+                        self._read(worker, idle)
+                    else:
+                        self._lost(worker, idle)
+        finally:
+            self._stop_workers()
+
+    def _owner(self, ready: object) -> _Worker | None:
+        for w in self._workers:
+            if ready is w.conn or ready == w.process.sentinel:
+                return w
+        return None
+
+    def _dispatch(self, idle: list[_Worker]) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                if not idle and len(self._workers) >= self._max:
+                    return
+                task = self._pending.popleft()
+            # Claim: a handle revoked while queued is skipped; otherwise cancel() now reaches us.
+            if not task.handle._on_cancel(functools.partial(self._request_cancel, task)):
+                continue
+            worker = idle.pop() if idle else self._spawn()
+            if worker is None:
+                continue
+            worker.task = task
+            task.worker = worker
+            try:
+                worker.conn.send_bytes(task.payload)
+            except OSError:
+                self._lost(worker, idle)
+                continue
+            task.payload = b""
+
+    def _spawn(self) -> _Worker | None:
+        worker = _Worker(self._ctx)
+        self._workers.append(worker)
+        return worker
+
+    def _read(self, worker: _Worker, idle: list[_Worker]) -> None:
+        if not self._apply_message(worker, idle):
+            self._lost(worker, idle)
+
+    def _apply_message(self, worker: _Worker, idle: list[_Worker]) -> bool:
+        """Read one message from ``worker`` and apply it; False if its pipe is broken."""
+        try:
+            kind, seq, body = pickle.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False
+        task = worker.task
+        if task is None or task.seq != seq:
+            return True
+        h = task.handle
+        if kind == _STARTED:
+            h._set_started()
+            return True
+        if kind == _DONE:
+            try:
+                value = pickle.loads(body)
+            except Exception as exc:
+                h._set_exception(
+                    TypeError(f"the result of {h._label} could not be unpickled in the parent: {exc!r}")
+                )
+            else:
+                h._set_result(value)
+        elif kind == _CANCELLED:
+            h._set_cancelled()
+        else:
+            h._set_exception(_remote_failure(body))
+        worker.task = None
+        task.worker = None
+        idle.append(worker)
+        return True
+
+    def _lost(self, worker: _Worker, idle: list[_Worker]) -> None:
+        """A worker died (or its pipe broke): fail or revoke its task, drop it, reap it."""
+        try:
+            # What it sent before dying still counts: a finished task keeps its result.
+            while worker.task is not None and worker.conn.poll() and self._apply_message(worker, idle):
+                pass
+        except OSError:
+            pass
+        worker.process.join(KILL_AFTER)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        task = worker.task
+        if task is not None:
+            if task.cancel_at is not None:  # we terminated it to honour cancel()
+                task.handle._set_cancelled()
+            else:
+                task.handle._set_exception(_crash_error(worker, task))
+            task.worker = None
+        if worker in idle:
+            idle.remove(worker)
+        self._workers.remove(worker)
+        worker.conn.close()
+        worker.process.close()
+
+    def _enforce_deadlines(self, now: float) -> float | None:
+        """Terminate, then kill, workers whose cancelled task overran; return the next wait."""
+        soonest: float | None = None
+        for w in self._workers:
+            task = w.task
+            if task is None or task.cancel_at is None:
+                continue
+            if w.kill_at is None and now >= task.cancel_at:
+                w.process.terminate()
+                w.kill_at = now + KILL_AFTER
+            elif w.kill_at is not None and now >= w.kill_at:
+                w.process.kill()
+                w.kill_at = now + 3600.0  # the sentinel fires next
+            due = w.kill_at if w.kill_at is not None else task.cancel_at
+            soonest = due if soonest is None else min(soonest, due)
+        return None if soonest is None else max(0.0, soonest - now)
+
+    def _stop_workers(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send_bytes(b"")
+            except OSError:
+                pass
+        deadline = time.monotonic() + EXIT_GRACE
+        for w in self._workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            task = w.task
+            if task is not None:
+                task.handle._set_cancelled("the process pool was shut down")
+        self._workers.clear()
+
+    # -- shutting down ----------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work. Queued work still runs unless ``cancel_futures`` (then it is revoked);
+        running work is asked to stop only with ``cancel_futures``. With ``wait``, return once the
+        workers are gone."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending) if cancel_futures else []
+            manager = self._manager
+        for task in pending:
+            task.handle.cancel()
+        if cancel_futures:
+            for w in list(self._workers):
+                if w.task is not None:
+                    w.task.handle.cancel()
+        self._wake()
+        if wait and manager is not None and manager is not threading.current_thread():
+            manager.join()
+
+    def _after_fork_in_child(self) -> None:
+        # The workers and the manager belong to the parent; the child starts afresh on use.
+        for w in self._workers:
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+        self._workers = []
+        self._lock = threading.Lock()
+        self._pending = collections.deque()
+        self._commands = collections.deque()
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._manager = None
+
+
+def _unpicklable(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> TypeError:
+    hint = "Pass a module-level function and picklable values, or use run_in_thread()"
+    try:
+        pickle.dumps(fn)
+    except Exception as fn_exc:
+        return TypeError(
+            f"run_in_process() cannot send the function {fn!r} to a worker process: {fn_exc}. {hint}"
+        )
+    for index, arg in enumerate(args):
+        try:
+            pickle.dumps(arg)
+        except Exception as arg_exc:
+            return TypeError(
+                f"run_in_process() cannot send argument {index} ({arg!r}) to a worker process: "
+                f"{arg_exc}. {hint}"
+            )
+    for name, arg in kwargs.items():
+        try:
+            pickle.dumps(arg)
+        except Exception as arg_exc:
+            return TypeError(
+                f"run_in_process() cannot send argument {name}={arg!r} to a worker process: {arg_exc}. {hint}"
+            )
+    return TypeError(f"run_in_process() cannot send its call to a worker process: {exc}. {hint}")
+
+
+_POOL: ProcessPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def shared_pool() -> ProcessPool:
+    global _POOL
+    pool = _POOL
+    if pool is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ProcessPool()
+            pool = _POOL
+    return pool
+
+
+def _shutdown_shared() -> None:
+    if _POOL is not None:
+        _POOL.shutdown(wait=True, cancel_futures=True)
+
+
+def _reset_shared_in_child() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    if _POOL is not None:
+        _POOL._after_fork_in_child()
+
+
+atexit.register(_shutdown_shared)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_shared_in_child)
+
+
+def run_in_process(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
+    """Run ``fn(*args, **kwargs)`` in a worker process of the shared pool; return its handle at once.
+
+    ``fn`` and the arguments are pickled here, in the calling thread: anything unpicklable (a lambda,
+    a local function, an open file) raises ``TypeError`` at once, naming it. The handle is PENDING until
+    a worker really starts the task, then STARTED.
+
+    - The value, or the worker's exception with its original type (when it can be pickled) and the
+      worker's traceback text as its ``__cause__`` (so in ``handle.traceback``).
+    - A worker that dies fails only its task, with :class:`asyncbridge.WorkerCrashed` naming the pid
+      and the exit code or signal; a new worker takes its place.
+    - ``handle.cancel()``: queued work never starts; running work sees ``checkpoint()`` raise and,
+      if it has not stopped after 0.1 s, its worker is terminated (killed 0.5 s later); either way
+      the handle ends REVOKED.
+
+    The shared pool has one worker per CPU, started on demand with the ``forkserver`` method (``spawn``
+    where there is none); see :class:`asyncbridge.ProcessPool` to choose. At interpreter exit, queued
+    work is revoked and running work is cancelled.
+    """
+    return shared_pool().submit(fn, *args, **kwargs)

@@ -1,0 +1,11 @@
+"""asyncbridge's benchmarks: ``python -m benchmarks`` (see ``__main__.py``).
+
+Every figure is reported as a ratio to a stdlib floor measured in the same run (absolute times
+swing several-fold between runs on shared machines; ratios hold). Families:
+
+- ``hop-latency``: ``await ab.run_in_thread(noop)`` vs ``asyncio.to_thread`` and peers.
+- ``hop-throughput``: 10,000 of them under one ``asyncio.gather``.
+- ``sync-to-coro``: ``ab.spawn(coro()).get()`` from a plain thread vs ``run_coroutine_threadsafe``.
+- ``cf-await``: awaiting wrapped ``cf.Future``s, done handles and tasks vs ``asyncio.wrap_future``.
+- ``memory``: creation time and bytes per pending object vs ``cf.Future`` + ``asyncio.Future``.
+"""

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._context import CURRENT
 from ._errors import Cancelled, RemoteTraceback, WorkerCrashed
-from ._result import Result
+from ._result import LOGGER, Result
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -232,9 +232,24 @@ class ProcessPool(cf.Executor):
         start_method: ``"forkserver"``, ``"spawn"`` or ``"fork"`` (default: forkserver where the
             platform has it, else spawn). ``fork`` is offered for tests and for parents that run no
             threads; a parent with threads (asyncbridge starts some) can deadlock a forked child.
+        cancel_grace: seconds a cancelled running task gets to stop at its next ``checkpoint()``
+            before its worker is terminated (default 0.1).
     """
 
-    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        cancel_grace: float = CANCEL_GRACE,
+    ) -> None:
+        if (
+            isinstance(cancel_grace, bool)
+            or not isinstance(cancel_grace, int | float)
+            or not cancel_grace >= 0
+        ):
+            raise ValueError(f"cancel_grace must be a number of seconds >= 0, not {cancel_grace!r}")
+        self._grace = float(cancel_grace)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -309,7 +324,7 @@ class ProcessPool(cf.Executor):
                 for task in cancels:
                     if task.worker is not None and task.cancel_at is None:
                         task.worker.cancel_word.value = task.seq
-                        task.cancel_at = now + CANCEL_GRACE
+                        task.cancel_at = now + self._grace
                 self._dispatch(idle)
                 if closed and not self._pending and not any(w.task for w in self._workers):
                     return
@@ -330,6 +345,18 @@ class ProcessPool(cf.Executor):
                         self._read(worker, idle)
                     else:
                         self._lost(worker, idle)
+        except BaseException as exc:
+            # A bug here must not strand handles: fail every task this pool holds, say why, and
+            # let the next submit() start a new manager.
+            LOGGER.exception("asyncbridge's process manager failed")
+            broken = RuntimeError(f"asyncbridge's process manager failed: {exc!r}")
+            with self._lock:
+                stranded = list(self._pending)
+                self._pending.clear()
+                self._manager = None
+            stranded += [w.task for w in self._workers if w.task is not None]
+            for task in stranded:
+                task.handle._set_exception(broken)
         finally:
             self._stop_workers()
 
@@ -350,9 +377,14 @@ class ProcessPool(cf.Executor):
             # Claim: a handle revoked while queued is skipped; otherwise cancel() now reaches us.
             if not task.handle._on_cancel(functools.partial(self._request_cancel, task)):
                 continue
-            worker = idle.pop() if idle else self._spawn()
-            if worker is None:
-                continue
+            if idle:
+                worker = idle.pop()
+            else:
+                try:
+                    worker = self._spawn()
+                except Exception as exc:  # no fork/spawn possible (fds, memory, a warning as error)
+                    task.handle._set_exception(RuntimeError(f"could not start a worker process: {exc!r}"))
+                    continue
             worker.task = task
             task.worker = worker
             try:
@@ -362,7 +394,7 @@ class ProcessPool(cf.Executor):
                 continue
             task.payload = b""
 
-    def _spawn(self) -> _Worker | None:
+    def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx)
         self._workers.append(worker)
         return worker

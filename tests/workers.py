@@ -1,0 +1,112 @@
+"""Module-level functions for worker processes (a worker imports them by name, so they live in a
+small module of their own rather than in a test module)."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import asyncbridge as ab
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def describe(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom(message: str) -> None:
+    raise CustomError(message)  # the source line the remote traceback must show
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> Any:
+        raise TypeError("this exception refuses to be pickled")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("local only")
+
+
+def return_unpicklable() -> Any:
+    return lambda: None
+
+
+class BadOnLoad:
+    """Pickles fine, fails to unpickle (in the parent)."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    raise ValueError("refusing to be rebuilt")
+
+
+def return_bad_on_load() -> BadOnLoad:
+    return BadOnLoad()
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def sys_exit(code: int) -> None:
+    sys.exit(code)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+
+
+def segfault() -> None:
+    faulthandler.disable()  # no dump on stderr: the test expects a quiet crash
+    faulthandler._sigsegv()  # type: ignore[attr-defined]
+
+
+def wait_for(started: Any, release: Any) -> str:
+    """Say it started, then wait (up to 30 s) to be released: a cross-process event pair."""
+    started.set()
+    release.wait(30)
+    return "released"
+
+
+def cooperative(started: Any) -> str:
+    started.set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ab.checkpoint()
+        time.sleep(0.001)  # a tick of pretend work between checkpoints
+    return "never cancelled"
+
+
+def stubborn(started: Any) -> str:
+    started.set()
+    time.sleep(30)  # never checks: only terminate stops it
+    return "ran to the end"
+
+
+def asks_politely(started: Any, release: Any) -> str:
+    started.set()
+    release.wait(30)
+    return "stopped cleanly" if ab.cancel_requested() else "ran to the end"
+
+
+def ignore_sigterm_and_hang(started: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    started.set()
+    time.sleep(30)

@@ -255,7 +255,7 @@ def test_each_start_method_runs_fails_and_survives_crashes(method: str) -> None:
 def test_handles_mix_with_cf_wait(pool: ab.ProcessPool) -> None:
     handles = [pool.submit(workers.square, i) for i in range(6)]
     done, not_done = cf.wait(handles, timeout=60)
-    assert not not_done and {h.get() for h in done} == {i * i for i in range(6)}
+    assert not not_done and {h.result() for h in done} == {i * i for i in range(6)}
 
 
 @pytest.mark.anyio

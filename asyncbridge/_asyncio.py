@@ -26,7 +26,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import CURRENT, settle_failure
-from ._result import STARTED, Result, _get_running_loop
+from ._result import Result, _get_running_loop
+from ._state import STARTED
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine

@@ -10,7 +10,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._result import STARTED, Result
+from ._result import Result
+from ._state import STARTED
 
 if TYPE_CHECKING:
     import concurrent.futures as cf

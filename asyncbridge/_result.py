@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import enum
 import logging
-import math
 import os
 import threading
 import time
@@ -39,6 +37,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator
     from types import TracebackType
 
+from ._state import (
+    _CF_STATE,
+    _MOVES,
+    _RUNNING,
+    _TERMINAL,
+    FAILURE,
+    PENDING,
+    PROGRESS,
+    REVOKED,
+    STARTED,
+    SUCCESS,
+    State,
+)
+from ._waiters import _LoopWaiter, _ThreadWaiter, _TrioWaiter, check_timeout, get_running_loop
+
 __all__ = ["Result", "State", "shield"]
 
 T = TypeVar("T")
@@ -46,138 +59,18 @@ T_co = TypeVar("T_co", covariant=True)
 
 LOGGER = logging.getLogger("asyncbridge")
 
-_get_running_loop = asyncio._get_running_loop  # the C getter: no exception when there is no loop
+_get_running_loop = get_running_loop
 
-
-class State(enum.StrEnum):
-    """Where a handle stands, in Celery's vocabulary (``State.SUCCESS == "SUCCESS"``).
-
-    PENDING -> STARTED -> (PROGRESS | RETRY)* -> SUCCESS | FAILURE | REVOKED. States only move
-    forward; the last three are terminal and set once.
-    """
-
-    PENDING = "PENDING"
-    STARTED = "STARTED"
-    PROGRESS = "PROGRESS"
-    RETRY = "RETRY"
-    SUCCESS = "SUCCESS"
-    FAILURE = "FAILURE"
-    REVOKED = "REVOKED"
-
-
-PENDING, STARTED, PROGRESS, RETRY = State.PENDING, State.STARTED, State.PROGRESS, State.RETRY
-SUCCESS, FAILURE, REVOKED = State.SUCCESS, State.FAILURE, State.REVOKED
-_TERMINAL = frozenset({SUCCESS, FAILURE, REVOKED})
-_RUNNING = frozenset({STARTED, PROGRESS})
-_FINISHED = frozenset({SUCCESS, FAILURE})
-
-# The one table of legal moves. A move it lacks is a bug in an adapter and raises.
-_MOVES: dict[State, frozenset[State]] = {
-    PENDING: frozenset({STARTED, REVOKED, SUCCESS, FAILURE}),
-    STARTED: frozenset({PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED}),
-    PROGRESS: frozenset({PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED}),
-    RETRY: frozenset({STARTED, REVOKED, FAILURE}),
-}
-
-# concurrent.futures' private state names, read by cf.wait and cf.as_completed through `_state`.
-_CF_STATE = {
-    PENDING: "PENDING",
-    STARTED: "RUNNING",
-    PROGRESS: "RUNNING",
-    RETRY: "RUNNING",
-    SUCCESS: "FINISHED",
-    FAILURE: "FINISHED",
-    REVOKED: "CANCELLED_AND_NOTIFIED",
-}
 
 # Set by _threads: called before a thread blocks in get(); returns the undo, or None. It lets a
 # bounded pool add a worker while one of its own workers waits, so waiting cannot starve the pool.
 block_hook: Callable[[], Callable[[], None] | None] | None = None
 
 
-class _ThreadWaiter:
-    """A blocked ``get()``: one lock, held until the handle ends."""
-
-    __slots__ = ("lock",)
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-
-    def add_result(self, _h: object) -> None:
-        self.lock.release()
-
-    add_exception = add_cancelled = add_result
-
-
-def _wake_future(fut: asyncio.Future[None]) -> None:
-    if not fut.done():  # the awaiter may have been cancelled in the meantime
-        fut.set_result(None)
-
-
-class _LoopWaiter:
-    """An ``await`` on an asyncio loop: completion sets ``fut`` on that loop's thread."""
-
-    __slots__ = ("fut", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
-        self.loop = loop
-        self.fut = fut
-
-    def add_result(self, _h: object) -> None:
-        if _get_running_loop() is self.loop:
-            _wake_future(self.fut)
-            return
-        try:
-            self.loop.call_soon_threadsafe(_wake_future, self.fut)
-        except RuntimeError:
-            pass  # "Event loop is closed": its awaiters are gone; the outcome stays in the handle
-
-    add_exception = add_cancelled = add_result
-
-
-class _TrioWaiter:
-    """An ``await`` under trio: completion reschedules the task from the trio thread."""
-
-    __slots__ = ("aborted", "task", "token")
-
-    def __init__(self, token: Any, task: Any) -> None:
-        self.token = token
-        self.task = task
-        self.aborted = False
-
-    def _wake(self) -> None:  # runs on the trio thread, as does abort(): no race between them
-        if not self.aborted:
-            self.aborted = True
-            import trio
-
-            trio.lowlevel.reschedule(self.task)
-
-    def add_result(self, _h: object) -> None:
-        import trio
-
-        try:
-            self.token.run_sync_soon(self._wake)  # never blocks the completing thread
-        except trio.RunFinishedError:
-            pass
-
-    add_exception = add_cancelled = add_result
-
-
 _ID_LOCK = threading.Lock()
 
 #: How often a blocked get() checks that the event loop running its work has not been closed.
 LOOP_WATCH = 0.25
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__qualname__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return min(float(timeout), threading.TIMEOUT_MAX)
 
 
 class Result(cf.Future[T]):
@@ -679,7 +572,7 @@ class Result(cf.Future[T]):
             RuntimeError: called on the event-loop thread that must run this work, where waiting
                 could never end. Use ``await handle`` there.
         """
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if not self._block(timeout, "get"):
             raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
         if not propagate and self._st is not SUCCESS:
@@ -688,7 +581,7 @@ class Result(cf.Future[T]):
 
     def result(self, timeout: float | None = None) -> T:
         """``concurrent.futures.Future.result``: :meth:`get` with ``propagate=True``."""
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if not self._block(timeout, "result"):
             raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
         return self._outcome()
@@ -699,7 +592,7 @@ class Result(cf.Future[T]):
         Raises ``TimeoutError`` as :meth:`get` does, and ``concurrent.futures.CancelledError`` if the
         handle is REVOKED.
         """
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if not self._block(timeout, "exception"):
             raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
         st = self._st
@@ -710,7 +603,7 @@ class Result(cf.Future[T]):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done or ``timeout``; return whether the handle is done. Never raises the
         work's exception (the RuntimeError of :meth:`get` still applies)."""
-        return self._block(_check_timeout(timeout), "wait")
+        return self._block(check_timeout(timeout), "wait")
 
     def _outcome(self) -> T:
         st = self._st

@@ -125,12 +125,16 @@ def test_a_coroutine_that_swallows_cancellation_keeps_its_result() -> None:
 
 
 def test_checkpoint_inside_a_spawned_coroutine_sees_its_handle() -> None:
+    assigned = threading.Event()
+
     async def body() -> tuple[bool, bool]:
+        assigned.wait(10)  # until `me` below exists
         before = ab.cancel_requested()
-        me.cancel()  # the handle of this very coroutine, through the closure below
+        me.cancel()  # the handle of this very coroutine, through the closure
         return before, ab.cancel_requested()
 
     me = ab.spawn(body())
+    assigned.set()
     # cancel() inside the task: the task is cancelled at its next await, which never comes
     assert me.get(10) == (False, True)
 

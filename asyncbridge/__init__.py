@@ -8,10 +8,15 @@ coroutines, ``concurrent.futures`` futures and thread work alike.
 # No `from __future__ import annotations` here: it would add a public name.
 # `X as X` is the explicit re-export that mypy --strict honours.
 from ._asyncio import spawn as spawn
-from ._context import cancel_requested as cancel_requested, checkpoint as checkpoint
+from ._context import (
+    cancel_requested as cancel_requested,
+    checkpoint as checkpoint,
+    report_progress as report_progress,
+)
 from ._errors import (
     Cancelled as Cancelled,
     RemoteTraceback as RemoteTraceback,
+    TimeLimitExceeded as TimeLimitExceeded,
     WorkerCrashed as WorkerCrashed,
 )
 from ._process import ProcessPool as ProcessPool, run_in_process as run_in_process
@@ -30,9 +35,11 @@ __all__ = (
     "RemoteTraceback",
     "Result",
     "State",
+    "TimeLimitExceeded",
     "WorkerCrashed",
     "cancel_requested",
     "checkpoint",
+    "report_progress",
     "run_in_process",
     "run_in_thread",
     "shield",

@@ -20,14 +20,15 @@ import asyncio
 import atexit
 import contextvars
 import inspect
+import math
 import os
 import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import CURRENT, settle_failure
+from ._errors import TimeLimitExceeded
 from ._result import Result, _get_running_loop
-from ._state import STARTED
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -84,7 +85,7 @@ def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
     """
     h: Result[T] = Result()
     if isinstance(fut, asyncio.Task):
-        h._st = STARTED
+        h._set_started()
         h._label = f"task {fut.get_name()}"
     else:
         h._label = "asyncio future"
@@ -104,36 +105,56 @@ def check_coroutine(coro: object, caller: str) -> None:
     raise TypeError(f"{caller}() needs a coroutine, not {type(coro).__qualname__}")
 
 
-def spawn(coro: Coroutine[Any, Any, T]) -> Result[T]:
+def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Result[T]:
     """Run the coroutine ``coro`` and return its handle at once; callable from any thread.
 
     In async code under asyncio it becomes a task on the running loop; under trio, a system task of
     the current run; in sync code, a task on the shared background loop (thread ``asyncbridge-loop``).
     The handle is STARTED once the task exists. ``handle.cancel()`` cancels the task on its own loop
     (before it starts, the coroutine is closed and never runs). Inside the coroutine,
-    ``asyncbridge.checkpoint()`` and ``cancel_requested()`` see this handle.
+    ``asyncbridge.checkpoint()``, ``cancel_requested()`` and ``report_progress()`` see this handle.
+
+    Args:
+        coro: the coroutine to run.
+        timeout: an execution time limit in seconds, counted from the start: the coroutine is then
+            cancelled and the handle ends FAILURE with :class:`asyncbridge.TimeLimitExceeded`.
 
     Raises:
         TypeError: ``coro`` is not a coroutine (a coroutine *function* gets a hint to call it).
+        ValueError: ``timeout`` is negative or not a number.
         RuntimeError: called in sync code during interpreter shutdown.
     """
     check_coroutine(coro, "spawn")
     h: Result[T] = Result()
+    h._time_limit = check_time_limit(timeout)
     h._label = f"coroutine {getattr(coro, '__qualname__', '?')}()"
+    start_coroutine(h, coro)
+    return h
+
+
+def start_coroutine(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
+    """Run ``coro`` for the prepared handle ``h`` (label and time limit set), as spawn() does."""
     ctx = contextvars.copy_context()
     ctx.run(CURRENT.set, h)
     loop = _get_running_loop()
     if loop is not None:
-        h._st = STARTED
+        h._set_started()
         _run_as_task(h, coro, ctx, loop)
-        return h
+        return
     if _in_trio():
         _spawn_trio(h, coro, ctx)
-        return h
+        return
     loop = BACKGROUND.loop()
     h._loop = loop
     loop.call_soon_threadsafe(_start, h, coro, ctx, loop)
-    return h
+
+
+def check_time_limit(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, or None; not {timeout!r}")
+    return float(timeout)
 
 
 def _start(
@@ -148,8 +169,20 @@ def _start(
 async def _run(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
     # The outcome goes to the handle from inside the task, before asyncio can discard it: a task
     # cancelled during its last step (say, by itself) reports CANCELLED and drops its return value.
+    limit = h._time_limit
     try:
-        value = await coro
+        if limit is None:
+            value = await coro
+        else:
+            scope = asyncio.timeout(limit)
+            try:
+                async with scope:
+                    value = await coro
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                h._set_exception(TimeLimitExceeded(f"{h!r} exceeded its time limit of {limit} s"))
+                return
     except asyncio.CancelledError:
         h._set_cancelled()
         raise
@@ -196,8 +229,9 @@ def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Con
 
     token = trio.lowlevel.current_trio_token()
     h._loop = token
-    h._st = STARTED
-    scope = trio.CancelScope()
+    h._set_started()
+    limit = h._time_limit
+    scope = trio.CancelScope(deadline=trio.current_time() + limit if limit is not None else math.inf)
 
     def cancel() -> None:
         try:
@@ -215,7 +249,9 @@ def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Con
         except BaseException as exc:
             settle_failure(h, exc)
             return
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not h._cancel_requested and limit is not None:
+            h._set_exception(TimeLimitExceeded(f"{h!r} exceeded its time limit of {limit} s"))
+        elif scope.cancelled_caught:
             h._set_cancelled()
         else:
             h._set_result(value)

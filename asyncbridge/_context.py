@@ -1,4 +1,4 @@
-"""The calls made *inside* work: ``checkpoint()`` and ``cancel_requested()``.
+"""The calls made *inside* work: ``checkpoint()``, ``cancel_requested()``, ``report_progress()``.
 
 Each adapter runs its work in a context where :data:`CURRENT` holds the work's handle (thread work in
 the copied context it runs in, a coroutine in its task's context), so these calls find their handle
@@ -7,10 +7,11 @@ alike in threads and coroutines, and later in processes, without any argument.
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ._errors import Cancelled
+from ._errors import Cancelled, TimeLimitExceeded
 
 if TYPE_CHECKING:
     from ._result import Result
@@ -19,25 +20,56 @@ CURRENT: ContextVar[Result[Any] | None] = ContextVar("asyncbridge_current_work",
 
 
 def checkpoint() -> None:
-    """Raise :class:`asyncbridge.Cancelled` if the work calling it has been asked to stop.
+    """Raise if the work calling it must stop: :class:`asyncbridge.Cancelled` after
+    ``handle.cancel()``, :class:`asyncbridge.TimeLimitExceeded` once its time limit has run out.
 
-    Call it between steps of long thread work: after ``handle.cancel()`` the next ``checkpoint()``
-    raises, the exception unwinds the work, and the handle ends REVOKED. Outside any asyncbridge
-    work (plain code, the main thread) it does nothing and returns at once.
+    Call it between steps of long thread or process work (in a coroutine, ``await`` already is a
+    cancellation point, but it works there too). Let the exception unwind the work: the handle then
+    ends REVOKED (cancelled) or FAILURE (time limit). Outside any asyncbridge work (plain code, the
+    main thread) it does nothing and returns at once.
     """
     h = CURRENT.get()
-    if h is not None and h._cancel_requested:
+    if h is None:
+        return
+    if h._cancel_requested:
         raise Cancelled(f"{h!r} was cancelled")
+    deadline = h._deadline
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeLimitExceeded(f"{h!r} exceeded its time limit of {h._time_limit} s")
 
 
 def cancel_requested() -> bool:
-    """True if the work calling it has been asked to stop; never raises.
+    """True if the work calling it has been asked to stop (cancelled, or out of time); never raises.
 
     For work that wants to stop on its own terms (finish a file, then return). Outside any
     asyncbridge work it returns False.
     """
     h = CURRENT.get()
-    return h is not None and h._cancel_requested
+    if h is None:
+        return False
+    if h._cancel_requested:
+        return True
+    deadline = h._deadline
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def report_progress(**meta: Any) -> None:
+    """Report progress from inside work: the handle shows ``state == "PROGRESS"`` and
+    ``info == meta`` (a dict), and its ``on_progress`` observers and ``progress()`` readers get it.
+
+    Works alike in thread work, process work (the dict crosses to the parent, so it must pickle) and
+    coroutines. A report after the handle has ended is ignored.
+
+    Raises:
+        RuntimeError: called outside any asyncbridge work, where there is no handle to report to.
+        TypeError: from process work, ``meta`` cannot be pickled.
+    """
+    h = CURRENT.get()
+    if h is None:
+        raise RuntimeError(
+            "report_progress() was called outside asyncbridge work: there is no handle to report to"
+        )
+    h._set_progress(meta)
 
 
 def settle_failure(h: Result[Any], exc: BaseException) -> None:

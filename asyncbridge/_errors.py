@@ -6,6 +6,8 @@ The tree::
      ├── asyncio.CancelledError
      │    └── Cancelled            raised by checkpoint() inside work whose handle was cancelled
      └── Exception
+          ├── TimeoutError (builtin)
+          │    └── TimeLimitExceeded   the work ran past its execution time limit and was stopped
           ├── RuntimeError
           │    └── WorkerCrashed   a worker process died while running the work
           └── RemoteTraceback      the worker's traceback text, chained as a remote error's cause
@@ -73,3 +75,13 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.text}"""'
+
+
+class TimeLimitExceeded(TimeoutError):
+    """The work ran past its execution time limit (``@task(timeout=...)``, ``spawn(coro, timeout=...)``).
+
+    A subclass of the builtin ``TimeoutError``, so a caller can tell it apart from ``get(timeout=)``
+    running out (a plain ``TimeoutError``, which leaves the work running). The handle ends FAILURE
+    with it once the work has stopped: raised by ``checkpoint()`` in thread and process work,
+    after the worker was terminated for process work that did not check, by cancelling a coroutine.
+    """

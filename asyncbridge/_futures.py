@@ -11,7 +11,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._result import Result
-from ._state import STARTED
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -35,7 +34,7 @@ def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     h: Result[T] = Result()
     h._label = "future"
     if fut.running():
-        h._st = STARTED
+        h._set_started()
     h._probe = fut.running
     h._on_cancel(fut.cancel)
     fut.add_done_callback(partial(_copy_state, h))  # runs at once if fut is already done

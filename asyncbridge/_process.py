@@ -35,18 +35,20 @@ import atexit
 import collections
 import concurrent.futures as cf
 import functools
+import math
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
 import pickle
 import signal
+import struct
 import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._context import CURRENT
-from ._errors import Cancelled, RemoteTraceback, WorkerCrashed
+from ._errors import Cancelled, RemoteTraceback, TimeLimitExceeded, WorkerCrashed
 from ._result import LOGGER, Result
 
 if TYPE_CHECKING:
@@ -63,25 +65,39 @@ KILL_AFTER = 0.5
 EXIT_GRACE = 2.0
 
 # Messages from a worker: (kind, seq, body)
-_STARTED, _DONE, _FAILED, _CANCELLED = 0, 1, 2, 3
+_STARTED, _DONE, _FAILED, _CANCELLED, _PROGRESS = 0, 1, 2, 3, 4
+_HEADER = struct.Struct("<qd")  # task number, time limit in seconds (NaN: none)
 
 
 # -- the worker side -----------------------------------------------------------------------------
 
 
 class _WorkerHandle:
-    """What ``checkpoint()`` and ``cancel_requested()`` see inside a worker process."""
+    """What ``checkpoint()``, ``cancel_requested()`` and ``report_progress()`` see in a worker."""
 
-    __slots__ = ("_cancel_word", "_label", "_seq")
+    __slots__ = ("_cancel_word", "_deadline", "_label", "_send", "_seq", "_time_limit")
 
-    def __init__(self, seq: int, cancel_word: Any, label: str) -> None:
+    def __init__(
+        self, seq: int, cancel_word: Any, label: str, time_limit: float | None, send: Callable[[bytes], None]
+    ) -> None:
         self._seq = seq
         self._cancel_word = cancel_word
         self._label = label
+        self._time_limit = time_limit
+        self._deadline = None if time_limit is None else time.monotonic() + time_limit
+        self._send = send
 
     @property
     def _cancel_requested(self) -> bool:
         return bool(self._cancel_word.value == self._seq)
+
+    def _set_progress(self, meta: dict[str, Any]) -> bool:
+        try:
+            blob = pickle.dumps(meta)
+        except Exception as exc:
+            raise TypeError(f"report_progress() from a worker process needs picklable values: {exc}") from exc
+        self._send(pickle.dumps((_PROGRESS, self._seq, blob)))
+        return True
 
     def __repr__(self) -> str:
         return f"<process task {self._seq} {self._label}>"
@@ -102,7 +118,12 @@ def _describe_failure(exc: BaseException) -> bytes:
 def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
     """The loop of one worker process: receive a task, run it, send its outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    send = conn.send_bytes
+    lock = threading.Lock()  # the work may report progress from threads of its own
+
+    def send(data: bytes) -> None:
+        with lock:
+            conn.send_bytes(data)
+
     while True:
         try:
             message = conn.recv_bytes()
@@ -110,16 +131,18 @@ def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
             return  # the parent is gone
         if not message:
             return  # shutdown
-        seq = int.from_bytes(message[:8], "little")
+        seq, limit = _HEADER.unpack_from(message)
         send(pickle.dumps((_STARTED, seq, None)))
         try:
-            fn, args, kwargs = pickle.loads(message[8:])
+            fn, args, kwargs = pickle.loads(message[_HEADER.size :])
         except BaseException as exc:
             lost = RuntimeError(f"the worker could not unpickle the task: {exc!r}")
             send(pickle.dumps((_FAILED, seq, _describe_failure(lost))))
             continue
         label = getattr(fn, "__qualname__", "?")
-        token = CURRENT.set(_WorkerHandle(seq, cancel_word, label))  # type: ignore[arg-type]
+        time_limit = None if math.isnan(limit) else limit
+        here = _WorkerHandle(seq, cancel_word, label, time_limit, send)
+        token = CURRENT.set(here)  # type: ignore[arg-type]
         reply: tuple[int, int, bytes | None]
         try:
             value = fn(*args, **kwargs)
@@ -149,7 +172,7 @@ def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
 
 
 class _Task:
-    __slots__ = ("cancel_at", "handle", "payload", "seq", "worker")
+    __slots__ = ("cancel_at", "handle", "payload", "seq", "timed_out", "worker")
 
     def __init__(self, handle: Result[Any], payload: bytes, seq: int) -> None:
         self.handle = handle
@@ -157,6 +180,7 @@ class _Task:
         self.seq = seq
         self.worker: _Worker | None = None
         self.cancel_at: float | None = None  # when to terminate the worker if it has not stopped
+        self.timed_out = False  # terminated for running past its time limit
 
 
 class _Worker:
@@ -284,17 +308,23 @@ class ProcessPool(cf.Executor):
             raise _unpicklable(fn, args, kwargs, exc) from exc
         h: Result[T] = Result()
         h._label = f"process {getattr(fn, '__qualname__', type(fn).__qualname__)}()"
+        self._enqueue(h, payload)
+        return h
+
+    def _enqueue(self, h: Result[Any], payload: bytes) -> None:
+        """Queue a pickled ``(fn, args, kwargs)`` for ``h`` (its ``_time_limit`` travels along)."""
+        limit = h._time_limit
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot run new work: this process pool is shut down")
             self._seq += 1
-            task = _Task(h, self._seq.to_bytes(8, "little") + payload, self._seq)
+            header = _HEADER.pack(self._seq, math.nan if limit is None else limit)
+            task = _Task(h, header + payload, self._seq)
             self._pending.append(task)
             if self._manager is None:
                 self._manager = threading.Thread(target=self._manage, name="asyncbridge-process", daemon=True)
                 self._manager.start()
         self._wake()
-        return h
 
     def _wake(self) -> None:
         try:
@@ -416,6 +446,9 @@ class ProcessPool(cf.Executor):
         if kind == _STARTED:
             h._set_started()
             return True
+        if kind == _PROGRESS:
+            h._set_progress(pickle.loads(body))
+            return True
         if kind == _DONE:
             try:
                 value = pickle.loads(body)
@@ -448,7 +481,14 @@ class ProcessPool(cf.Executor):
             worker.process.join()
         task = worker.task
         if task is not None:
-            if task.cancel_at is not None:  # we terminated it to honour cancel()
+            if task.timed_out:
+                limit = task.handle._time_limit
+                task.handle._set_exception(
+                    TimeLimitExceeded(
+                        f"{task.handle._label} exceeded its time limit of {limit} s and was stopped"
+                    )
+                )
+            elif task.cancel_at is not None:  # we terminated it to honour cancel()
                 task.handle._set_cancelled()
             else:
                 task.handle._set_exception(_crash_error(worker, task))
@@ -464,8 +504,19 @@ class ProcessPool(cf.Executor):
         soonest: float | None = None
         for w in self._workers:
             task = w.task
-            if task is None or task.cancel_at is None:
+            if task is None:
                 continue
+            if task.cancel_at is None:
+                limit_at = task.handle._deadline
+                if limit_at is None:
+                    continue
+                if now < limit_at + self._grace:  # checkpoint() gets its chance first
+                    soonest = (
+                        limit_at + self._grace if soonest is None else min(soonest, limit_at + self._grace)
+                    )
+                    continue
+                task.timed_out = True
+                task.cancel_at = now
             if w.kill_at is None and now >= task.cancel_at:
                 w.process.terminate()
                 w.kill_at = now + KILL_AFTER

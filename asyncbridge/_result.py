@@ -31,10 +31,11 @@ import os
 import threading
 import time
 import traceback as _traceback
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator
+    from collections.abc import AsyncIterator, Callable, Generator
     from types import TracebackType
 
 from ._state import (
@@ -45,12 +46,13 @@ from ._state import (
     FAILURE,
     PENDING,
     PROGRESS,
+    RETRY,
     REVOKED,
     STARTED,
     SUCCESS,
     State,
 )
-from ._waiters import _LoopWaiter, _ThreadWaiter, _TrioWaiter, check_timeout, get_running_loop
+from ._waiters import _ThreadWaiter, check_timeout, get_running_loop, park
 
 __all__ = ["Result", "State", "shield"]
 
@@ -93,9 +95,11 @@ class Result(cf.Future[T]):
     """
 
     __slots__ = (
+        "_attempts",
         "_callbacks",
         "_cancel_requested",
         "_cond",
+        "_deadline",
         "_hooks",
         "_id",
         "_label",
@@ -103,10 +107,14 @@ class Result(cf.Future[T]):
         "_loop",
         "_meta",
         "_probe",
+        "_pversion",
+        "_pw",
         "_src",
         "_st",
         "_tb",
+        "_time_limit",
         "_value",
+        "_watchers",
         "_wl",
     )
 
@@ -119,7 +127,7 @@ class Result(cf.Future[T]):
     _id: str | None
     _hooks: list[Callable[[], object]] | None
     _loop: Any
-    _meta: dict[str, Any] | None
+    _meta: Any  # the latest progress dict, or the error of the last attempt while RETRY
     _label: str
     _probe: Callable[[], bool] | None
     _src: Any
@@ -142,6 +150,12 @@ class Result(cf.Future[T]):
         self._probe = None
         self._src = None
         self._cancel_requested = False
+        self._attempts = 0
+        self._time_limit: float | None = None  # an execution time limit, honoured by the adapter
+        self._deadline: float | None = None  # monotonic time the current attempt runs out
+        self._watchers: list[Callable[[Result[T], State, Any], object]] | None = None
+        self._pw: list[Any] | None = None  # awaiters of the next progress report
+        self._pversion = 0  # progress reports so far
 
     # -- concurrent.futures' private waiter protocol (read by cf.wait and cf.as_completed) --------
     # Properties with setters, so that the handle also satisfies typeshed's protocol for
@@ -204,17 +218,63 @@ class Result(cf.Future[T]):
 
     def _set_started(self) -> bool:
         """PENDING or RETRY -> STARTED. False if the handle was revoked or ended before the start:
-        then the caller must not run the work."""
+        then the caller must not run the work. Starts the attempt's time limit, if any."""
         with self._lock:
-            return self._move(STARTED)
+            if not self._move(STARTED):
+                return False
+            self._attempts += 1
+            if self._time_limit is not None:
+                self._deadline = time.monotonic() + self._time_limit
+            watchers = self._watchers
+        if watchers:
+            self._tell(watchers, STARTED, None)
+        return True
 
     def _set_progress(self, meta: dict[str, Any]) -> bool:
-        """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``."""
+        """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``; wakes progress observers."""
         with self._lock:
             if not self._move(PROGRESS):
                 return False
             self._meta = meta
-            return True
+            self._pversion += 1
+            watchers, pw = self._watchers, self._pw
+            self._pw = None
+        if pw:
+            for waiter in pw:
+                waiter.add_result(self)
+        if watchers:
+            self._tell(watchers, PROGRESS, meta)
+        return True
+
+    def _set_retry(self, exc: BaseException) -> bool:
+        """STARTED or PROGRESS -> RETRY, with the attempt's error as ``info``."""
+        with self._lock:
+            if not self._move(RETRY):
+                return False
+            self._meta = exc
+            self._deadline = None
+            watchers = self._watchers
+        if watchers:
+            self._tell(watchers, RETRY, exc)
+        return True
+
+    def _watch(self, fn: Callable[[Result[T], State, Any], object]) -> None:
+        """Call ``fn(handle, state, info)`` on every STARTED, PROGRESS and RETRY move, in the thread
+        that makes it (outside the lock). Not for terminal moves: done-callbacks are for those."""
+        with self._lock:
+            if self._st in _TERMINAL:
+                return
+            if self._watchers is None:
+                self._watchers = [fn]
+            else:
+                self._watchers.append(fn)
+
+    def _tell(self, watchers: list[Callable[[Result[T], State, Any], object]], st: State, info: Any) -> None:
+        for fn in watchers:
+            try:
+                fn(self, st, info)
+            except BaseException:
+                LOGGER.exception("exception in a state observer %r of %r", fn, self)
 
     def _set_result(self, value: T) -> bool:
         return self._finish(SUCCESS, value, None)
@@ -272,6 +332,12 @@ class Result(cf.Future[T]):
             waiters = list(waiters)
         callbacks = self._callbacks
         self._callbacks = None
+        self._watchers = None
+        self._deadline = None
+        pw = self._pw
+        if pw:  # progress() readers wake to see the end
+            self._pw = None
+            waiters = pw if not waiters else waiters + pw
         return waiters, callbacks
 
     def _notify(self, to: State, waiters: list[Any] | None, callbacks: Any) -> None:
@@ -332,10 +398,11 @@ class Result(cf.Future[T]):
 
     @property
     def info(self) -> Any:
-        """None while PENDING or STARTED; the progress meta (a dict) while PROGRESS; the value on
-        SUCCESS; the exception on FAILURE, and on REVOKED a ``concurrent.futures.CancelledError``."""
+        """None while PENDING or STARTED; the latest progress meta (a dict) while PROGRESS; the last
+        attempt's exception while RETRY; the value on SUCCESS; the exception on FAILURE, and on
+        REVOKED a ``concurrent.futures.CancelledError``."""
         st = self._st
-        if st is PROGRESS:
+        if st is PROGRESS or st is RETRY:
             return self._meta
         if st in _TERMINAL:
             return self._value
@@ -373,6 +440,81 @@ class Result(cf.Future[T]):
         """True while the work runs (STARTED or PROGRESS)."""
         self._poll()
         return self._st in _RUNNING
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts of the work have started: 0 while PENDING, 1 once it runs, one more per
+        retry."""
+        return self._attempts
+
+    def on_progress(
+        self, fn: Callable[[dict[str, Any]], object], *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Call ``fn(meta)`` for each progress report (``asyncbridge.report_progress(**meta)`` in the
+        work), from now until the handle ends.
+
+        ``fn`` runs in the thread that made the report (for process work, asyncbridge's manager
+        thread), or on ``loop`` through ``call_soon_threadsafe``. If ``fn`` raises, the error is
+        logged to the ``asyncbridge`` logger and the work goes on.
+        """
+        if not callable(fn):
+            raise TypeError(f"on_progress() needs a callable, not {type(fn).__qualname__}")
+        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
+
+        def watcher(_h: Result[T], st: State, meta: Any) -> None:
+            if st is not PROGRESS:
+                return
+            if loop is None or _get_running_loop() is loop:
+                fn(meta)
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._report_to, fn, meta)
+                except RuntimeError:
+                    pass  # that loop is closed: its observer is gone
+
+        self._watch(watcher)
+
+    def _report_to(self, fn: Callable[[dict[str, Any]], object], meta: dict[str, Any]) -> None:
+        try:
+            fn(meta)
+        except BaseException:
+            LOGGER.exception("exception in progress observer %r of %r", fn, self)
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """``async for meta in handle.progress():`` each progress report's dict, until the work ends.
+
+        A slow reader may miss reports made while it was busy, but always gets the latest one. The
+        loop ends when the handle is done (whatever the outcome: await the handle for it).
+        Cancelling the reader does not cancel the work.
+        """
+        seen = 0
+        while True:
+            with self._lock:
+                version, meta, done = self._pversion, self._meta, self._st in _TERMINAL
+            if version != seen:
+                seen = version
+                yield meta
+                continue
+            if done:
+                return
+            await _NextReport(self, version)
+
+    def _add_progress_waiter(self, version: int, waiter: object) -> bool:
+        with self._lock:
+            if self._st in _TERMINAL or self._pversion != version:
+                return False
+            if self._pw is None:
+                self._pw = [waiter]
+            else:
+                self._pw.append(waiter)
+            return True
+
+    def _remove_progress_waiter(self, waiter: object) -> None:
+        with self._lock:
+            pw = self._pw
+            if pw is not None and waiter in pw:
+                pw.remove(waiter)
 
     def cancel_requested(self) -> bool:
         """True once :meth:`cancel` was called on this (still unfinished) handle."""
@@ -658,43 +800,7 @@ class Result(cf.Future[T]):
                         raise
                 if self._st in _TERMINAL:  # our done-callback was added first, so ran first
                     return
-            fut: asyncio.Future[None] = loop.create_future()
-            waiter: Any = _LoopWaiter(loop, fut)
-            if not self._add_waiter(waiter):
-                return
-            try:
-                yield from fut
-            except BaseException as exc:
-                self._remove_waiter(waiter)
-                if cancel_work and isinstance(exc, asyncio.CancelledError):
-                    self.cancel()
-                raise
-            return
-        yield from self._wait_trio(cancel_work)
-
-    def _wait_trio(self, cancel_work: bool) -> Generator[Any, None, None]:
-        try:
-            import trio
-
-            task = trio.lowlevel.current_task()
-            token = trio.lowlevel.current_trio_token()
-        except (ImportError, RuntimeError):
-            raise RuntimeError(f"{self!r} was awaited outside an asyncio event loop or a trio run") from None
-        waiter = _TrioWaiter(token, task)
-        if not self._add_waiter(waiter):
-            return
-
-        def abort(_raise_cancel: object) -> Any:
-            waiter.aborted = True
-            self._remove_waiter(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        try:
-            yield from trio.lowlevel.wait_task_rescheduled(abort).__await__()  # noqa: ASYNC105  # __await__ is a generator: this is the await
-        except trio.Cancelled:
-            if cancel_work:
-                self.cancel()
-            raise
+        yield from park(self._add_waiter, self._remove_waiter, self.cancel if cancel_work else None, self)
 
     def _add_waiter(self, waiter: object) -> bool:
         with self._lock:
@@ -745,6 +851,20 @@ class Result(cf.Future[T]):
         raise TypeError(
             f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
         )
+
+
+class _NextReport:
+    """Awaitable: the next progress report (or the end) after report number ``version``."""
+
+    __slots__ = ("_handle", "_version")
+
+    def __init__(self, handle: Result[Any], version: int) -> None:
+        self._handle = handle
+        self._version = version
+
+    def __await__(self) -> Generator[Any, None, None]:
+        h = self._handle
+        return park(partial(h._add_progress_waiter, self._version), h._remove_progress_waiter, None, h)
 
 
 class _Shielded(Generic[T_co]):

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator
 
 get_running_loop = asyncio._get_running_loop  # the C getter: no exception when there is no loop
 
@@ -93,3 +96,54 @@ def check_timeout(timeout: float | None) -> float | None:
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
     return min(float(timeout), threading.TIMEOUT_MAX)
+
+
+def park(
+    add: Callable[[Any], bool],
+    remove: Callable[[Any], None],
+    on_cancel: Callable[[], object] | None,
+    what: object,
+) -> Generator[Any, None, None]:
+    """Suspend the calling task (asyncio or trio) until a waiter it hands to ``add`` is woken.
+
+    ``add(waiter)`` registers the waiter, or returns False if there is nothing to wait for. If the
+    task is cancelled while parked, the waiter is withdrawn with ``remove(waiter)``, ``on_cancel()``
+    runs (when given), and the cancellation propagates unchanged (anyio reads its message).
+    """
+    loop = get_running_loop()
+    if loop is not None:
+        fut: asyncio.Future[None] = loop.create_future()
+        waiter: Any = _LoopWaiter(loop, fut)
+        if not add(waiter):
+            return
+        try:
+            yield from fut
+        except BaseException as exc:
+            remove(waiter)
+            if on_cancel is not None and isinstance(exc, asyncio.CancelledError):
+                on_cancel()
+            raise
+        return
+    try:
+        import trio
+
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+    except (ImportError, RuntimeError):
+        raise RuntimeError(f"{what!r} was awaited outside an asyncio event loop or a trio run") from None
+    waiter = _TrioWaiter(token, task)
+    if not add(waiter):
+        return
+
+    def abort(_raise_cancel: object) -> Any:
+        waiter.aborted = True
+        remove(waiter)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    try:
+        # __await__ is a generator, so this `yield from` is the await
+        yield from trio.lowlevel.wait_task_rescheduled(abort).__await__()  # noqa: ASYNC105
+    except trio.Cancelled:
+        if on_cancel is not None:
+            on_cancel()
+        raise

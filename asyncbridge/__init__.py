@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._process import ProcessPool as ProcessPool, run_in_process as run_in_process
 from ._result import Result as Result, State as State, shield as shield
+from ._task import AsyncTask as AsyncTask, Retry as Retry, Task as Task, task as task
 from ._threads import run_in_thread as run_in_thread
 from ._wrap import wrap as wrap
 
@@ -30,11 +31,14 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AsyncResult",
+    "AsyncTask",
     "Cancelled",
     "ProcessPool",
     "RemoteTraceback",
     "Result",
+    "Retry",
     "State",
+    "Task",
     "TimeLimitExceeded",
     "WorkerCrashed",
     "cancel_requested",
@@ -44,6 +48,7 @@ __all__ = (
     "run_in_thread",
     "shield",
     "spawn",
+    "task",
     "wrap",
 )
 

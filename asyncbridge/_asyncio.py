@@ -181,7 +181,7 @@ async def _run(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
             except TimeoutError:
                 if not scope.expired():
                     raise
-                h._set_exception(TimeLimitExceeded(f"{h!r} exceeded its time limit of {limit} s"))
+                h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {limit} s"))
                 return
     except asyncio.CancelledError:
         h._set_cancelled()
@@ -250,7 +250,7 @@ def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Con
             settle_failure(h, exc)
             return
         if scope.cancelled_caught and not h._cancel_requested and limit is not None:
-            h._set_exception(TimeLimitExceeded(f"{h!r} exceeded its time limit of {limit} s"))
+            h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {limit} s"))
         elif scope.cancelled_caught:
             h._set_cancelled()
         else:

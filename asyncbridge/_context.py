@@ -32,10 +32,10 @@ def checkpoint() -> None:
     if h is None:
         return
     if h._cancel_requested:
-        raise Cancelled(f"{h!r} was cancelled")
+        raise Cancelled(f"{h._label or 'the work'} was cancelled")
     deadline = h._deadline
     if deadline is not None and time.monotonic() >= deadline:
-        raise TimeLimitExceeded(f"{h!r} exceeded its time limit of {h._time_limit} s")
+        raise TimeLimitExceeded(f"{h._label or 'the work'} exceeded its time limit of {h._time_limit} s")
 
 
 def cancel_requested() -> bool:

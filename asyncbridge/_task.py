@@ -1,0 +1,374 @@
+"""``@task``: Celery's shape for local engines, and the one door for per-call options.
+
+A task call (``delay``) returns one handle that lives across every attempt. Each attempt runs on the
+engine as an *inner* handle made by the ordinary adapters (thread pool, process pool, coroutine,
+executor); a small job object binds the two:
+
+- the inner handle's STARTED and PROGRESS moves are mirrored on the task's handle;
+- its end decides: success or revocation ends the task's handle; a failure either ends it too or,
+  under a :class:`Retry` policy, moves it to RETRY and starts the next attempt after the backoff;
+- ``cancel()`` on the task's handle cancels the running attempt (or the pending retry).
+
+So no engine grows retry or timeout logic of its own, and the waiting, callbacks and cancellation
+stay those of the one handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextvars
+import importlib
+import inspect
+import pickle
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, cast, overload
+
+from ._asyncio import BACKGROUND, check_time_limit, start_coroutine
+from ._process import ProcessPool, _unpicklable, shared_pool
+from ._result import Result
+from ._state import FAILURE, PENDING, PROGRESS, RETRY, REVOKED, STARTED, SUCCESS
+from ._threads import POOL
+from ._wrap import wrap
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Engine = Literal["auto", "thread", "process"] | cf.Executor
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A retry policy: up to ``attempts`` attempts in all, retrying on the exceptions in ``on``.
+
+    The delay before attempt n+1 is ``backoff * 2 ** (n - 1)`` seconds (0, the default: at once).
+    Between attempts the handle shows RETRY with the last error as ``info``; the handle and its id
+    stay the same; after the last attempt it ends with the last error. A cancelled or timed-out
+    attempt is not retried unless ``on`` names :class:`asyncbridge.TimeLimitExceeded`.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.0
+    on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"Retry(attempts=) must be an int >= 1, not {self.attempts!r}")
+        if (
+            isinstance(self.backoff, bool)
+            or not isinstance(self.backoff, int | float)
+            or not self.backoff >= 0
+        ):
+            raise ValueError(f"Retry(backoff=) must be a number of seconds >= 0, not {self.backoff!r}")
+        on = self.on
+        if isinstance(on, type):
+            on = (on,)
+            object.__setattr__(self, "on", on)
+        if (
+            not isinstance(on, tuple)
+            or not on
+            or not all(isinstance(c, type) and issubclass(c, BaseException) for c in on)
+        ):
+            raise TypeError(f"Retry(on=) must be an exception class or a tuple of them, not {self.on!r}")
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (2 or more)."""
+        return float(self.backoff * 2 ** (attempt - 2))
+
+
+class _TaskBase(Generic[P, T]):
+    """What every task shares: its function, engine and options, and ``delay()``."""
+
+    def __init__(
+        self, fn: Callable[..., Any], engine: Engine, timeout: float | None, retry: Retry | None
+    ) -> None:
+        # A task stands for its function: same name, module and docstring (functools.wraps would do,
+        # but mypy cannot type it on an instance).
+        self.__module__ = fn.__module__
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.fn = fn
+        self.engine: Engine = engine
+        self.timeout = timeout
+        self.retry = retry
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self._label_prefix = (
+            "coroutine" if self._is_async else _engine_name("thread" if engine == "auto" else engine)
+        )
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
+        """Run the task on its engine with these arguments; return its handle at once.
+
+        The handle is PENDING until an attempt really starts, then STARTED (PROGRESS while the work
+        reports), RETRY between attempts, and finally SUCCESS, FAILURE or REVOKED. ``cancel()`` stops
+        the running attempt as its engine allows (see the README's cancellation table) or drops a
+        pending retry. Arguments for the process engine are pickled here: an unpicklable one raises
+        ``TypeError`` at once.
+        """
+        h: Result[T] = Result()
+        h._label = f"{self._label_prefix} {getattr(self.fn, '__qualname__', '?')}()"
+        _Job(self, h, args, kwargs).start()
+        return h
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by reference (module and name), so a process worker finds the same task.
+        try:
+            found = _find_task(self.__module__, self.__qualname__)
+        except Exception:
+            found = None
+        if found is not self:
+            raise pickle.PicklingError(
+                f"task {self.__qualname__} cannot be found by name as {self.__module__}.{self.__qualname__}; "
+                "a task for a process engine must be defined at module level"
+            )
+        return (_find_task, (self.__module__, self.__qualname__))
+
+    def __repr__(self) -> str:
+        return f"<asyncbridge task {self.__qualname__} engine={_engine_name(self.engine)}>"
+
+
+class Task(_TaskBase[P, T]):
+    """A function decorated with :func:`task`: call it as before, or ``.delay(...)`` for a handle."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call the function inline, in this thread, with no handle (as the undecorated function)."""
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class AsyncTask(_TaskBase[P, T]):
+    """An async function decorated with :func:`task`: calling it gives the coroutine, as before;
+    ``.delay(...)`` runs it (as :func:`asyncbridge.spawn` does) and returns its handle."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        """Make the coroutine, as the undecorated function does."""
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+def _find_task(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _engine_name(engine: Engine) -> str:
+    return engine if isinstance(engine, str) else type(engine).__qualname__
+
+
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncTask[P, T]: ...  # type: ignore[overload-overlap]
+@overload
+def task(fn: Callable[P, T], /) -> Task[P, T]: ...
+@overload
+def task(
+    *, engine: Engine = "auto", timeout: float | None = None, retry: Retry | None = None
+) -> _Decorator: ...
+
+
+def task(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    engine: Engine = "auto",
+    timeout: float | None = None,
+    retry: Retry | None = None,
+) -> Any:
+    """Turn a function into a task: ``f(...)`` still calls it inline, ``f.delay(...)`` returns a handle.
+
+    Use it bare (``@task``) or with options (``@task(engine="process", timeout=30, retry=Retry())``),
+    or ad hoc: ``task(engine="thread", timeout=5)(some_function).delay(x)``.
+
+    Args:
+        engine: where the work runs. ``"auto"`` (default): a thread for a sync function, the event
+            loop for an async one (as :func:`asyncbridge.spawn`). ``"thread"``: the shared thread
+            pool. ``"process"``: the shared process pool (the function must be importable by name:
+            a module-level function). A ``concurrent.futures.Executor``: its ``submit()``; an
+            :class:`asyncbridge.ProcessPool` keeps every power (cancel and time limits stop the
+            work), any other executor can cancel only work it has not started.
+        timeout: an execution time limit in seconds, counted from the start of each attempt. When it
+            runs out the work is stopped (thread work at its next ``checkpoint()``, process work by
+            terminating its worker, a coroutine by cancelling it) and the attempt fails with
+            :class:`asyncbridge.TimeLimitExceeded`. Not ``get(timeout=)``, which only stops waiting.
+        retry: a :class:`Retry` policy.
+
+    Raises:
+        TypeError: not a function, or an async function with a thread or process engine.
+        ValueError: a bad timeout, or a timeout on an executor that cannot stop running work.
+    """
+    limit = check_time_limit(timeout)
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"retry must be an asyncbridge.Retry, not {type(retry).__qualname__}")
+    if not (engine in ("auto", "thread", "process") or isinstance(engine, cf.Executor)):
+        raise ValueError(
+            f"engine must be 'auto', 'thread', 'process' or a concurrent.futures.Executor, not {engine!r}"
+        )
+    if limit is not None and isinstance(engine, cf.Executor) and not isinstance(engine, ProcessPool):
+        raise ValueError(
+            f"timeout= needs an engine that can stop running work ('thread', 'process', a coroutine or an "
+            f"asyncbridge.ProcessPool); {type(engine).__qualname__} cannot"
+        )
+
+    def decorate(f: object) -> Any:
+        if isinstance(f, _TaskBase):
+            f = f.fn
+        if not callable(f):
+            raise TypeError(f"task() needs a function, not {type(f).__qualname__}")
+        name = getattr(f, "__qualname__", repr(f))
+        if inspect.iscoroutinefunction(f):
+            if engine != "auto":
+                raise TypeError(
+                    f"{name} is an async function: it runs on an event loop (engine='auto'), "
+                    f"not on engine={_engine_name(engine)!r}"
+                )
+            return AsyncTask(f, engine, limit, retry)
+        return Task(f, engine, limit, retry)
+
+    return decorate if fn is None else decorate(fn)
+
+
+class _Decorator(Protocol):
+    """The type of ``task(...)`` called with options only: apply it to a function."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncTask[P, T]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: Callable[P, T], /) -> Task[P, T]: ...
+
+
+class _Job:
+    """Runs the attempts of one task call and binds them to its handle."""
+
+    __slots__ = ("args", "ctx", "handle", "inner", "kwargs", "lock", "payload", "spec", "timer")
+
+    def __init__(
+        self, spec: _TaskBase[Any, Any], handle: Result[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.spec = spec
+        self.handle = handle
+        self.args = args
+        self.kwargs = kwargs
+        self.ctx = contextvars.copy_context()
+        self.inner: Result[Any] | None = None
+        self.timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self.lock = threading.Lock()
+        self.payload: bytes | None = None
+        engine = spec.engine
+        if not spec._is_async and (engine == "process" or isinstance(engine, ProcessPool)):
+            try:  # pickled once, here: a bad argument fails the call, not a later attempt
+                self.payload = pickle.dumps((spec, args, kwargs))
+            except Exception as exc:
+                raise _unpicklable(spec, args, kwargs, exc) from exc
+
+    def start(self) -> None:
+        h = self.handle
+        h._on_cancel(self._cancel)
+        h._probe = self._inner_started
+        self._attempt()
+
+    def _inner_started(self) -> bool:
+        inner = self.inner
+        return inner is not None and inner.state is not PENDING
+
+    def _attempt(self) -> None:
+        h = self.handle
+        with self.lock:
+            self.timer = None
+            if h.done():
+                return
+            if h._cancel_requested:
+                h._set_cancelled()
+                return
+            inner: Result[Any] = Result()
+            inner._label = h._label
+            inner._time_limit = self.spec.timeout
+            inner._watch(self._mirror)  # before the work can start: no move is missed
+            try:
+                inner = self._launch(inner)
+            except BaseException as exc:
+                h._set_exception(exc)
+                return
+            self.inner = inner
+        inner.add_done_callback(self._attempt_done)
+
+    def _launch(self, inner: Result[Any]) -> Result[Any]:
+        """Start one attempt for ``inner``; return the handle to follow (the executor's own, there)."""
+        spec, engine = self.spec, self.spec.engine
+        if spec._is_async:
+            self.ctx.copy().run(start_coroutine, inner, spec.fn(*self.args, **self.kwargs))
+        elif self.payload is not None:
+            pool = engine if isinstance(engine, ProcessPool) else shared_pool()
+            pool._enqueue(inner, self.payload)
+        elif isinstance(engine, cf.Executor):
+            return wrap(engine.submit(cast("Callable[..., Any]", spec), *self.args, **self.kwargs))
+        else:
+            POOL.submit((inner, self.ctx.copy(), spec.fn, self.args, self.kwargs))
+        return inner
+
+    def _mirror(self, _inner: Result[Any], st: Any, info: Any) -> None:
+        if st is STARTED:
+            self.handle._set_started()
+        elif st is PROGRESS:
+            self.handle._set_progress(info)
+
+    def _attempt_done(self, inner: Result[Any]) -> None:
+        h = self.handle
+        st = inner._st
+        if st is SUCCESS:
+            h._set_result(inner._value)
+            return
+        if st is REVOKED:
+            h._set_cancelled()
+            return
+        exc = inner._value
+        if h._st is PENDING or h._st is RETRY:  # this attempt failed before it could start
+            h._set_started()
+        retry = self.spec.retry
+        if (
+            retry is not None
+            and h._attempts < retry.attempts
+            and isinstance(exc, retry.on)
+            and not h._cancel_requested
+            and h._set_retry(exc)
+        ):
+            self._schedule(retry.delay_before(h._attempts + 1), inner)
+            return
+        h._finish(FAILURE, exc, inner._tb)
+
+    def _schedule(self, delay: float, inner: Result[Any]) -> None:
+        if delay <= 0:
+            self._attempt()
+            return
+        # Wait on the attempt's own loop (a coroutine retries where it ran), else the background one.
+        loop = inner._loop if isinstance(inner._loop, asyncio.AbstractEventLoop) else BACKGROUND.loop()
+
+        def arm() -> None:
+            with self.lock:
+                if not self.handle.done():
+                    self.timer = (loop, loop.call_later(delay, self._attempt))
+
+        try:
+            loop.call_soon_threadsafe(arm)
+        except RuntimeError:  # that loop is closed: wait on the background loop instead
+            loop = BACKGROUND.loop()
+            loop.call_soon_threadsafe(arm)
+
+    def _cancel(self) -> None:
+        with self.lock:
+            inner, timer = self.inner, self.timer
+            self.timer = None
+        if inner is not None and not inner.done():
+            inner.cancel()  # the attempt ends REVOKED, and so does the task's handle
+        elif self.handle._st is RETRY:  # between attempts: nothing runs, so it has stopped
+            if timer is not None:
+                loop, handle = timer
+                try:
+                    loop.call_soon_threadsafe(handle.cancel)  # TimerHandle.cancel is not thread-safe
+                except RuntimeError:
+                    pass  # loop closed: the timer will never fire anyway
+            self.handle._set_cancelled()

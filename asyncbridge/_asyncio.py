@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._context import CURRENT, settle_failure
 from ._errors import TimeLimitExceeded
 from ._result import Result, _get_running_loop
+from ._state import STARTED
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -37,17 +38,6 @@ T = TypeVar("T")
 
 #: How long interpreter exit waits for cancelled background-loop tasks to finish unwinding.
 EXIT_GRACE = 2.0
-
-
-def _copy_state(h: Result[Any], fut: asyncio.Future[Any]) -> None:
-    if fut.cancelled():
-        h._set_cancelled()
-        return
-    exc = fut.exception()  # also marks it retrieved: no "exception was never retrieved" noise
-    if exc is not None:
-        h._set_exception(exc)
-    else:
-        h._set_result(fut.result())
 
 
 def _cancel_on_loop(h: Result[Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
@@ -60,37 +50,67 @@ def _cancel_on_loop(h: Result[Any], fut: asyncio.Future[Any], loop: asyncio.Abst
         h._set_cancelled("its event loop is closed")
 
 
-def _bind(h: Result[T], fut: asyncio.Future[T], loop: asyncio.AbstractEventLoop, on_loop: bool) -> None:
-    h._loop = loop
-    h._src = fut
-    if fut.done():
-        _copy_state(h, fut)
+class _Binding:
+    """Ties a handle to an asyncio future: the future's done-callback, and the handle's cancel hook."""
+
+    __slots__ = ("fut", "h", "loop")
+
+    def __init__(self, h: Result[Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.h = h
+        self.fut = fut
+        self.loop = loop
+
+    def __call__(self, fut: asyncio.Future[Any]) -> None:
+        self.h._adopt(fut)
+
+    def cancel(self) -> None:
+        _cancel_on_loop(self.h, self.fut, self.loop)
+
+
+def _bind(h: Result[Any]) -> None:
+    """Make ``h`` follow its asyncio future ``h._src``; from any thread."""
+    fut, loop = h._src, h._loop
+    if fut is None:
+        return  # already done
+    if fut.done():  # a done future no longer changes: reading it from any thread is safe
+        h._adopt(fut)
         return
-    callback = partial(_copy_state, h)
-    if on_loop:
-        fut.add_done_callback(callback)
+    binding = _Binding(h, fut, loop)
+    if _get_running_loop() is loop:
+        fut.add_done_callback(binding)
     else:
         try:
-            loop.call_soon_threadsafe(fut.add_done_callback, callback)
+            loop.call_soon_threadsafe(fut.add_done_callback, binding)
         except RuntimeError:
             h._set_exception(RuntimeError(f"{fut!r} can never finish: its event loop is closed"))
             return
-    h._on_cancel(partial(_cancel_on_loop, h, fut, loop))
+    h._on_cancel(binding.cancel)
 
 
 def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
     """A handle mirroring an asyncio Future or Task; safe to call from any thread.
 
     A Task is STARTED at once (it is scheduled); a plain Future stays PENDING until it is done.
+    Wrapped on its own loop, the handle binds lazily: awaited there, it just awaits the future (no
+    done-callback, no extra loop hop); anything else (a callback, get(), a cancel, an awaiter on
+    another loop) binds it first.
     """
     h: Result[T] = Result()
+    loop = fut.get_loop()
+    h._loop = loop
+    h._src = fut
     if isinstance(fut, asyncio.Task):
-        h._set_started()
-        h._label = f"task {fut.get_name()}"
+        h._st = STARTED  # a fresh handle: no one else can see it yet, no lock needed
+        h._attempts = 1
+        h._label = "task " + fut.get_name()
     else:
         h._label = "asyncio future"
-    loop = fut.get_loop()
-    _bind(h, fut, loop, _get_running_loop() is loop)
+    if fut.done():
+        h._adopt(fut)
+    elif _get_running_loop() is loop:
+        h._activate = _bind
+    else:
+        _bind(h)
     return h
 
 

@@ -7,10 +7,10 @@ of reach and the handle reports how it really ended.
 
 from __future__ import annotations
 
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._result import Result
+from ._state import STARTED
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -18,24 +18,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _copy_state(h: Result[Any], fut: cf.Future[Any]) -> None:
-    if fut.cancelled():
-        h._set_cancelled()
-        return
-    exc = fut.exception()
-    if exc is not None:
-        h._set_exception(exc)
-    else:
-        h._set_result(fut.result())
-
-
 def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     """A handle mirroring ``fut``; callbacks on it run where ``fut``'s callbacks run."""
     h: Result[T] = Result()
     h._label = "future"
+    if fut.done():
+        h._adopt(fut)
+        return h
     if fut.running():
-        h._set_started()
+        h._st = STARTED  # a fresh handle: no one else can see it yet, no lock needed
+        h._attempts = 1
     h._probe = fut.running
-    h._on_cancel(fut.cancel)
-    fut.add_done_callback(partial(_copy_state, h))  # runs at once if fut is already done
+    h._hooks = [fut.cancel]  # the handle's cancel hook, set before anyone can cancel it
+    fut.add_done_callback(h._adopt)  # runs at once if fut finished meanwhile
     return h

@@ -95,6 +95,7 @@ class Result(cf.Future[T]):
     """
 
     __slots__ = (
+        "_activate",
         "_attempts",
         "_callbacks",
         "_cancel_requested",
@@ -149,6 +150,7 @@ class Result(cf.Future[T]):
         self._label = ""
         self._probe = None
         self._src = None
+        self._activate: Callable[[Result[T]], object] | None = None
         self._cancel_requested = False
         self._attempts = 0
         self._time_limit: float | None = None  # an execution time limit, honoured by the adapter
@@ -163,6 +165,7 @@ class Result(cf.Future[T]):
 
     @property
     def _condition(self) -> threading.Condition:
+        self._sync()  # cf.wait fetches this before it takes the lock: bind a lazy source now
         cond = self._cond
         if cond is None:
             # Two threads racing here make two Conditions over the same lock, which is harmless.
@@ -187,7 +190,7 @@ class Result(cf.Future[T]):
 
     @property
     def _state(self) -> str:
-        self._poll()
+        # cf.wait reads this while holding _condition (our lock): no _sync() here, it would lock.
         return _CF_STATE[self._st]
 
     @_state.setter
@@ -204,8 +207,12 @@ class Result(cf.Future[T]):
 
     # -- the completer API, for adapters ----------------------------------------------------------
 
-    def _move(self, to: State) -> bool:
-        """Check and make one move; the caller holds the lock. False if already terminal."""
+    def _may_move(self, to: State) -> bool:
+        """Check one move against the table; the caller holds the lock. False if already terminal.
+
+        The caller then stores what goes with the new state (outcome, meta) and sets ``_st`` last:
+        readers that skip the lock once they see a state must find its data already there.
+        """
         frm = self._st
         if frm in _TERMINAL:
             return False
@@ -213,18 +220,18 @@ class Result(cf.Future[T]):
             if to is STARTED:  # already started: a no-op, not a bug
                 return False
             raise cf.InvalidStateError(f"{self!r}: illegal move {frm} -> {to}")
-        self._st = to
         return True
 
     def _set_started(self) -> bool:
         """PENDING or RETRY -> STARTED. False if the handle was revoked or ended before the start:
         then the caller must not run the work. Starts the attempt's time limit, if any."""
         with self._lock:
-            if not self._move(STARTED):
+            if not self._may_move(STARTED):
                 return False
             self._attempts += 1
             if self._time_limit is not None:
                 self._deadline = time.monotonic() + self._time_limit
+            self._st = STARTED
             watchers = self._watchers
         if watchers:
             self._tell(watchers, STARTED, None)
@@ -233,10 +240,11 @@ class Result(cf.Future[T]):
     def _set_progress(self, meta: dict[str, Any]) -> bool:
         """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``; wakes progress observers."""
         with self._lock:
-            if not self._move(PROGRESS):
+            if not self._may_move(PROGRESS):
                 return False
             self._meta = meta
             self._pversion += 1
+            self._st = PROGRESS
             watchers, pw = self._watchers, self._pw
             self._pw = None
         if pw:
@@ -249,10 +257,11 @@ class Result(cf.Future[T]):
     def _set_retry(self, exc: BaseException) -> bool:
         """STARTED or PROGRESS -> RETRY, with the attempt's error as ``info``."""
         with self._lock:
-            if not self._move(RETRY):
+            if not self._may_move(RETRY):
                 return False
             self._meta = exc
             self._deadline = None
+            self._st = RETRY
             watchers = self._watchers
         if watchers:
             self._tell(watchers, RETRY, exc)
@@ -261,6 +270,7 @@ class Result(cf.Future[T]):
     def _watch(self, fn: Callable[[Result[T], State, Any], object]) -> None:
         """Call ``fn(handle, state, info)`` on every STARTED, PROGRESS and RETRY move, in the thread
         that makes it (outside the lock). Not for terminal moves: done-callbacks are for those."""
+        self._sync()
         with self._lock:
             if self._st in _TERMINAL:
                 return
@@ -293,6 +303,7 @@ class Result(cf.Future[T]):
         Returns False, without registering, if the handle is already done: a start step uses this
         as its claim (queued work revoked before the claim is skipped, and after it, cancel()
         reaches the hook)."""
+        self._sync()
         with self._lock:
             if self._st in _TERMINAL:
                 return False
@@ -313,10 +324,12 @@ class Result(cf.Future[T]):
 
     def _finish(self, to: State, value: Any, tb: TracebackType | None) -> bool:
         with self._lock:
-            if not self._move(to):
+            if not self._may_move(to):
                 return False
             waiters, callbacks = self._store(value, tb)
-        self._notify(to, waiters, callbacks)
+            self._st = to  # last: see _may_move
+        if waiters or callbacks:
+            self._notify(to, waiters, callbacks)
         return True
 
     def _store(self, value: Any, tb: TracebackType | None) -> tuple[list[Any] | None, Any]:
@@ -358,11 +371,33 @@ class Result(cf.Future[T]):
             for fn, loop in callbacks:
                 self._dispatch(fn, loop)
 
-    def _poll(self) -> None:
-        """Let a source that cannot report its start (a foreign cf.Future) say it is running."""
+    def _sync(self) -> None:
+        """Bring the handle up to date with its source before it is read or waited on.
+
+        Two adapter seams: ``_activate(handle)``, a binding made lazily (an asyncio future awaited
+        only on its own loop needs no done-callback at all: the await reads the future directly), run
+        once before anything else needs the handle to be told; and ``_probe()``, for a source that
+        cannot report its start (a foreign cf.Future), asked whether it runs. Never called with the
+        lock held.
+        """
+        if self._activate is not None:
+            with self._lock:
+                act = self._activate
+                self._activate = None
+            if act is not None:
+                act(self)
         probe = self._probe
         if probe is not None and self._st is PENDING and probe():
             self._set_started()
+
+    def _adopt(self, src: Any) -> bool:
+        """End the handle as the done future ``src`` (asyncio or cf) ended; usable as its callback."""
+        if src.cancelled():
+            return self._set_cancelled()
+        exc = src.exception()  # also marks an asyncio future's exception as retrieved
+        if exc is not None:
+            return self._set_exception(exc)
+        return self._set_result(src.result())
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -388,7 +423,7 @@ class Result(cf.Future[T]):
     @property
     def state(self) -> State:
         """The current :class:`State`."""
-        self._poll()
+        self._sync()
         return self._st
 
     @property
@@ -401,6 +436,7 @@ class Result(cf.Future[T]):
         """None while PENDING or STARTED; the latest progress meta (a dict) while PROGRESS; the last
         attempt's exception while RETRY; the value on SUCCESS; the exception on FAILURE, and on
         REVOKED a ``concurrent.futures.CancelledError``."""
+        self._sync()
         st = self._st
         if st is PROGRESS or st is RETRY:
             return self._meta
@@ -411,6 +447,7 @@ class Result(cf.Future[T]):
     @property
     def traceback(self) -> str | None:
         """The formatted traceback of the failure (with its causes), or None unless FAILURE."""
+        self._sync()
         if self._st is not FAILURE:
             return None
         exc = self._value
@@ -418,27 +455,32 @@ class Result(cf.Future[T]):
 
     def ready(self) -> bool:
         """True once SUCCESS, FAILURE or REVOKED (Celery's name for :meth:`done`)."""
+        self._sync()
         return self._st in _TERMINAL
 
     def done(self) -> bool:
         """True once SUCCESS, FAILURE or REVOKED."""
+        self._sync()
         return self._st in _TERMINAL
 
     def successful(self) -> bool:
         """True if the work returned a value."""
+        self._sync()
         return self._st is SUCCESS
 
     def failed(self) -> bool:
         """True if the work raised (FAILURE). A REVOKED handle is not failed."""
+        self._sync()
         return self._st is FAILURE
 
     def cancelled(self) -> bool:
         """True once REVOKED: the work never started, or has really stopped."""
+        self._sync()
         return self._st is REVOKED
 
     def running(self) -> bool:
         """True while the work runs (STARTED or PROGRESS)."""
-        self._poll()
+        self._sync()
         return self._st in _RUNNING
 
     @property
@@ -488,6 +530,7 @@ class Result(cf.Future[T]):
         loop ends when the handle is done (whatever the outcome: await the handle for it).
         Cancelling the reader does not cancel the work.
         """
+        self._sync()
         seen = 0
         while True:
             with self._lock:
@@ -538,6 +581,7 @@ class Result(cf.Future[T]):
         Work that ignores the request ends SUCCESS or FAILURE and the handle says so: a produced
         result is never thrown away.
         """
+        self._sync()
         with self._lock:
             st = self._st
             if st in _TERMINAL:
@@ -551,8 +595,8 @@ class Result(cf.Future[T]):
             if st is PENDING and hooks is None:
                 # Not yet claimed by a start step: revoke under this same lock, so no start can
                 # slip in between; the start step will find REVOKED and skip the work.
-                self._st = REVOKED
                 taken = self._store(cf.CancelledError(), None)
+                self._st = REVOKED  # last: see _may_move
         if taken is not None:
             self._notify(REVOKED, *taken)
         elif hooks is not None:
@@ -576,6 +620,7 @@ class Result(cf.Future[T]):
             raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__qualname__}")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
+        self._sync()
         with self._lock:
             if self._st not in _TERMINAL:
                 if self._callbacks is None:
@@ -615,6 +660,7 @@ class Result(cf.Future[T]):
 
     def _block(self, timeout: float | None, caller: str) -> bool:
         """Wait until done or ``timeout``; True if done."""
+        self._sync()
         if self._st in _TERMINAL:
             return True
         loop = self._loop
@@ -671,12 +717,7 @@ class Result(cf.Future[T]):
     def _rescue_from_closed_loop(self) -> None:
         src = self._src
         if src is not None and src.done():
-            if src.cancelled():
-                self._set_cancelled("its event loop was closed")
-            elif src.exception() is not None:
-                self._set_exception(src.exception())
-            else:
-                self._set_result(src.result())
+            self._adopt(src)
         else:
             self._set_exception(RuntimeError(f"{self!r} can never finish: its event loop was closed"))
 
@@ -771,7 +812,30 @@ class Result(cf.Future[T]):
         cancel scopes).
         """
         if self._st not in _TERMINAL:
-            yield from self._wait_async(True)
+            src = self._src
+            loop = _get_running_loop()
+            if src is not None and loop is not None and self._loop is loop:
+                # An asyncio future of this very loop: await it directly, with no done-callback and
+                # one loop hop fewer (inlined here: a generator less per await). Cancelling the
+                # awaiter cancels it, as awaiting a task does.
+                if not src.done():
+                    try:
+                        yield from src
+                    except asyncio.CancelledError:
+                        # The awaiter's own cancellation, or the work's: either way re-raise this
+                        # very exception, whose message tells a cancel scope (anyio) it is its own.
+                        if src.cancelled():
+                            self._adopt(src)
+                        raise
+                    except BaseException:
+                        if not src.done():
+                            raise
+                if self._st not in _TERMINAL:
+                    self._adopt(src)  # on its loop and done: safe to read here and now
+            else:
+                yield from self._wait_async(True)
+        if self._st is SUCCESS:
+            return self._value  # type: ignore[no-any-return]
         return self._outcome_async()
 
     def _outcome_async(self) -> T:
@@ -783,23 +847,7 @@ class Result(cf.Future[T]):
         return self._outcome()
 
     def _wait_async(self, cancel_work: bool) -> Generator[Any, None, None]:
-        loop = _get_running_loop()
-        if loop is not None:
-            src = self._src
-            if cancel_work and self._loop is loop and src is not None and not src.done():
-                # An asyncio future of this very loop: await it directly, one loop hop fewer.
-                # Cancelling the awaiter cancels it, as awaiting a task does.
-                try:
-                    yield from src
-                except asyncio.CancelledError:
-                    # The awaiter's own cancellation, or the work's: either way re-raise this very
-                    # exception, whose message tells a cancel scope (anyio) that it is its own.
-                    raise
-                except BaseException:
-                    if not src.done():
-                        raise
-                if self._st in _TERMINAL:  # our done-callback was added first, so ran first
-                    return
+        self._sync()
         yield from park(self._add_waiter, self._remove_waiter, self.cancel if cancel_work else None, self)
 
     def _add_waiter(self, waiter: object) -> bool:
@@ -827,7 +875,9 @@ class Result(cf.Future[T]):
                 return False
             if self._st is not PENDING:
                 raise RuntimeError(f"{self!r}: set_running_or_notify_cancel() in state {self._st}")
-            return self._move(STARTED)
+            self._attempts += 1
+            self._st = STARTED
+            return True
 
     def set_result(self, result: T) -> None:
         """Complete the handle with ``result``. Raises ``InvalidStateError`` if already done."""

@@ -117,17 +117,16 @@ class _TaskBase(Generic[P, T]):
         return h
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled by reference (module and name), so a process worker finds the same task.
+        # Pickled by reference, so a process worker finds the same function: a decorated module-level
+        # task by its own name; an ad-hoc task (task(...)(f)) as its function f, which must then be
+        # importable by name itself.
         try:
             found = _find_task(self.__module__, self.__qualname__)
         except Exception:
             found = None
-        if found is not self:
-            raise pickle.PicklingError(
-                f"task {self.__qualname__} cannot be found by name as {self.__module__}.{self.__qualname__}; "
-                "a task for a process engine must be defined at module level"
-            )
-        return (_find_task, (self.__module__, self.__qualname__))
+        if found is self:
+            return (_find_task, (self.__module__, self.__qualname__))
+        return (_same, (self.fn,))
 
     def __repr__(self) -> str:
         return f"<asyncbridge task {self.__qualname__} engine={_engine_name(self.engine)}>"
@@ -155,6 +154,10 @@ def _find_task(module: str, qualname: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _same(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn
 
 
 def _engine_name(engine: Engine) -> str:

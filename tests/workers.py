@@ -110,3 +110,51 @@ def ignore_sigterm_and_hang(started: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     started.set()
     time.sleep(30)
+
+
+def report_then_wait(release: Any, steps: int) -> int:
+    """Report ``steps`` progress dicts, then wait (up to 30 s) to be released."""
+    for i in range(steps):
+        ab.report_progress(step=i, of=steps)
+    release.wait(30)
+    return steps
+
+
+async def report_then_wait_async(release: Any, steps: int) -> int:
+    import anyio
+
+    for i in range(steps):
+        ab.report_progress(step=i, of=steps)
+    await anyio.to_thread.run_sync(release.wait, 30)
+    return steps
+
+
+def fail_times(counter_path: str, failures: int) -> str:
+    """Fail the first ``failures`` calls (counted in a file, so it works across processes too)."""
+    with open(counter_path, "a+") as f:
+        f.seek(0)
+        calls = len(f.read()) + 1
+        f.write("x")
+    if calls <= failures:
+        raise ValueError(f"attempt {calls} failed")
+    return f"succeeded on attempt {calls}"
+
+
+def checks_forever() -> None:
+    while True:
+        ab.checkpoint()
+        time.sleep(0.001)  # a tick of pretend work between checkpoints
+
+
+def sleeps_forever() -> None:
+    time.sleep(60)  # never checks: only terminate stops it
+
+
+@ab.task(engine="process")
+def process_square(x: int) -> int:
+    return x * x
+
+
+@ab.task(engine="process", timeout=0.2)
+def process_sleeps_past_its_limit() -> None:
+    time.sleep(60)

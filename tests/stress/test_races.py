@@ -752,10 +752,11 @@ def test_cf_wait_on_wrapped_running_cf_future_does_not_deadlock() -> None:
     t.start()
     t.join(HANG)
     hung = t.is_alive()
-    if not hung:
-        fut.set_result(1)
+    if hung:
+        fut.set_result(1)  # release the stuck thread before failing
     assert not hung, "cf.wait([h]) deadlocked on the handle's own lock"
     assert box[0][0] == set() and h.state is S.STARTED
+    fut.set_result(1)
     assert h.get(timeout=HANG) == 1
     assert cf.wait([h], timeout=HANG).done == {h}
 

@@ -8,6 +8,15 @@ coroutines, ``concurrent.futures`` futures and thread work alike.
 # No `from __future__ import annotations` here: it would add a public name.
 # `X as X` is the explicit re-export that mypy --strict honours.
 from ._asyncio import spawn as spawn
+from ._compose import (
+    ALL_COMPLETED as ALL_COMPLETED,
+    FIRST_COMPLETED as FIRST_COMPLETED,
+    FIRST_EXCEPTION as FIRST_EXCEPTION,
+    as_completed as as_completed,
+    gather as gather,
+    race as race,
+    wait as wait,
+)
 from ._context import (
     cancel_requested as cancel_requested,
     checkpoint as checkpoint,
@@ -30,6 +39,9 @@ AsyncResult = Result  # Celery's name for the same class
 __version__ = "0.1.0"
 
 __all__ = (
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "AsyncResult",
     "AsyncTask",
     "Cancelled",
@@ -41,14 +53,18 @@ __all__ = (
     "Task",
     "TimeLimitExceeded",
     "WorkerCrashed",
+    "as_completed",
     "cancel_requested",
     "checkpoint",
+    "gather",
+    "race",
     "report_progress",
     "run_in_process",
     "run_in_thread",
     "shield",
     "spawn",
     "task",
+    "wait",
     "wrap",
 )
 

@@ -523,25 +523,16 @@ class Result(cf.Future[T]):
         except BaseException:
             LOGGER.exception("exception in progress observer %r of %r", fn, self)
 
-    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+    def progress(self) -> AsyncIterator[dict[str, Any]]:
         """``async for meta in handle.progress():`` each progress report's dict, until the work ends.
 
         A slow reader may miss reports made while it was busy, but always gets the latest one. The
         loop ends when the handle is done (whatever the outcome: await the handle for it).
-        Cancelling the reader does not cancel the work.
+        Cancelling the reader does not cancel the work. The iterator holds nothing to clean up, so
+        leaving the loop early (``break``, a cancel scope) needs no ``aclosing()``.
         """
         self._sync()
-        seen = 0
-        while True:
-            with self._lock:
-                version, meta, done = self._pversion, self._meta, self._st in _TERMINAL
-            if version != seen:
-                seen = version
-                yield meta
-                continue
-            if done:
-                return
-            await _NextReport(self, version)
+        return _ProgressReader(self)
 
     def _add_progress_waiter(self, version: int, waiter: object) -> bool:
         with self._lock:
@@ -866,6 +857,20 @@ class Result(cf.Future[T]):
             if wl is not None and waiter in wl:
                 wl.remove(waiter)
 
+    # -- composition ------------------------------------------------------------------------------
+
+    def then(self, fn: Callable[[T], Any]) -> Result[Any]:
+        """A new handle for ``fn(value)``, run once this handle succeeds.
+
+        A sync ``fn`` runs on the shared thread pool (never on an event loop, where it could block
+        it); an async ``fn`` is spawned as :func:`asyncbridge.spawn` does, and its result awaited.
+        A failure or revocation here flows through: the new handle ends the same way and ``fn``
+        never runs. Cancelling the new handle cancels this one (if unfinished) and ``fn``'s work.
+        """
+        from ._compose import then  # imports point at _result, never from it at import time
+
+        return then(self, fn)
+
     # -- concurrent.futures' public producer API --------------------------------------------------
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -901,6 +906,32 @@ class Result(cf.Future[T]):
         raise TypeError(
             f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
         )
+
+
+class _ProgressReader:
+    """The async iterator returned by :meth:`Result.progress` (a plain object, not an async
+    generator, so one abandoned mid-loop leaves no finaliser behind)."""
+
+    __slots__ = ("_handle", "_seen")
+
+    def __init__(self, handle: Result[Any]) -> None:
+        self._handle = handle
+        self._seen = 0
+
+    def __aiter__(self) -> _ProgressReader:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        h = self._handle
+        while True:
+            with h._lock:
+                version, meta, done = h._pversion, h._meta, h._st in _TERMINAL
+            if version != self._seen:
+                self._seen = version
+                return meta  # type: ignore[no-any-return]
+            if done:
+                raise StopAsyncIteration
+            await _NextReport(h, version)
 
 
 class _NextReport:

@@ -14,6 +14,8 @@ def test_public_names_are_exported_documented_and_public() -> None:
     assert list(asyncbridge.__all__) == sorted(set(asyncbridge.__all__))
     for name in asyncbridge.__all__:
         obj = getattr(asyncbridge, name)
+        if isinstance(obj, str):  # the return_when constants, equal to concurrent.futures' own
+            continue
         assert obj.__doc__, f"asyncbridge.{name} has no docstring"
         assert obj.__module__ == "asyncbridge", f"{name} still shows {obj.__module__}"
         for attr, member in vars(obj).items() if inspect.isclass(obj) else ():

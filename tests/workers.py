@@ -112,17 +112,22 @@ def ignore_sigterm_and_hang(started: Any) -> None:
     time.sleep(30)
 
 
-def report_then_wait(release: Any, steps: int) -> int:
-    """Report ``steps`` progress dicts, then wait (up to 30 s) to be released."""
+def report_then_wait(release: Any, steps: int, gate: Any = None) -> int:
+    """Wait for ``gate`` (if given), report ``steps`` progress dicts, then wait (up to 30 s) to be
+    released."""
+    if gate is not None:
+        gate.wait(30)
     for i in range(steps):
         ab.report_progress(step=i, of=steps)
     release.wait(30)
     return steps
 
 
-async def report_then_wait_async(release: Any, steps: int) -> int:
+async def report_then_wait_async(release: Any, steps: int, gate: Any = None) -> int:
     import anyio
 
+    if gate is not None:
+        await anyio.to_thread.run_sync(gate.wait, 30)
     for i in range(steps):
         ab.report_progress(step=i, of=steps)
     await anyio.to_thread.run_sync(release.wait, 30)

@@ -1,0 +1,345 @@
+"""Handles made of handles: ``gather``, ``as_completed``, ``wait``, ``race`` and ``Result.then``.
+
+Each works on any mix of kinds of work (coroutines, thread, process, executor, asyncio futures),
+because it sees only handles: it listens with done-callbacks, answers through a handle of its own,
+and cancels members through their ``cancel()``. Nothing here waits in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures as cf
+import functools
+import inspect
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._asyncio import BACKGROUND, spawn
+from ._result import Result, shield
+from ._state import FAILURE, REVOKED, SUCCESS
+from ._threads import run_in_thread
+from ._waiters import check_timeout
+from ._wrap import wrap
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+ALL_COMPLETED = cf.ALL_COMPLETED
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _as_handle(obj: Any, caller: str) -> Result[Any]:
+    """A handle for one member: wrap() what it knows, spawn any other awaitable."""
+    if isinstance(obj, Result | asyncio.Future | cf.Future) or inspect.iscoroutine(obj):
+        return wrap(obj)
+    if inspect.isawaitable(obj):
+        return spawn(_await(obj))
+    raise TypeError(
+        f"{caller}() takes handles, futures, coroutines or awaitables, not {type(obj).__qualname__}"
+    )
+
+
+def _outcome_of(h: Result[Any]) -> BaseException | None:
+    """The exception a finished member ended with (REVOKED: a cf.CancelledError), or None."""
+    st = h._st
+    if st is SUCCESS:
+        return None
+    return h._value  # type: ignore[no-any-return]
+
+
+def _schedule(delay: float, fn: Callable[[], object]) -> Callable[[], None]:
+    """Call ``fn`` after ``delay`` seconds on the background loop; return a thread-safe cancel."""
+    loop = BACKGROUND.loop()
+    box: list[asyncio.TimerHandle] = []
+    loop.call_soon_threadsafe(lambda: box.append(loop.call_later(delay, fn)))
+
+    def cancel_all() -> None:
+        for timer in box:
+            timer.cancel()
+
+    def cancel() -> None:
+        try:
+            loop.call_soon_threadsafe(cancel_all)  # TimerHandle.cancel is not thread-safe
+        except RuntimeError:
+            pass  # the loop is shut down: the timer will never fire
+
+    return cancel
+
+
+# -- gather --------------------------------------------------------------------------------------
+
+
+def gather(*members: Any, return_exceptions: bool = False) -> Result[list[Any]]:
+    """One handle for many: its value is the list of the members' values, in the order given.
+
+    Members may be handles, ``concurrent.futures``/asyncio futures, coroutines (spawned) or other
+    awaitables, of any kinds of work mixed. The handle is awaitable and ``get()``-able.
+
+    - The first member to fail (or be revoked) ends the gather with that error, and the others are
+      cancelled; with ``return_exceptions=True`` every member runs to its end and the list holds
+      each one's value or exception (a ``concurrent.futures.CancelledError`` for a revoked one).
+    - Cancelling the gather cancels every member that has not finished.
+    """
+    handles = [_as_handle(m, "gather") for m in members]
+    out: Result[list[Any]] = Result()
+    out._label = f"gather of {len(handles)}"
+    out._set_started()
+    if not handles:
+        out._set_result([])
+        return out
+    lock = threading.Lock()
+    left = [len(handles)]
+
+    def member_done(h: Result[Any]) -> None:
+        exc = _outcome_of(h)
+        if exc is not None and not return_exceptions:
+            if h._st is REVOKED:
+                out._set_cancelled()
+            else:
+                out._finish(FAILURE, exc, h._tb)
+            for other in handles:
+                other.cancel()
+            return
+        with lock:
+            left[0] -= 1
+            finished = left[0] == 0
+        if finished:
+            out._set_result([m._value for m in handles])
+
+    out._on_cancel(lambda: [m.cancel() for m in handles])
+    for h in handles:
+        h.add_done_callback(member_done)
+    return out
+
+
+# -- wait ----------------------------------------------------------------------------------------
+
+
+def wait(
+    handles: Iterable[Any], timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> Result[tuple[set[Any], set[Any]]]:
+    """A handle whose value is ``(done, pending)``, two sets of the objects given, once
+    ``return_when`` holds or ``timeout`` seconds have passed (then with the sets as they are).
+
+    As ``concurrent.futures.wait``: ``FIRST_COMPLETED``, ``FIRST_EXCEPTION`` (a member that failed;
+    if none fails, when all are done) or ``ALL_COMPLETED``. ``await`` it or ``.get()`` it. It never
+    cancels the members; cancelling it only stops the waiting.
+    """
+    if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
+        raise ValueError(
+            f"return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, not {return_when!r}"
+        )
+    limit = check_timeout(timeout)
+    originals = list(dict.fromkeys(handles))  # cf.wait takes a set: duplicates count once
+    pairs = [(o, _as_handle(o, "wait")) for o in originals]
+    out: Result[tuple[set[Any], set[Any]]] = Result()
+    out._label = f"wait for {len(pairs)}"
+    out._set_started()
+    lock = threading.Lock()
+    done: set[Any] = set()
+
+    def snapshot() -> tuple[set[Any], set[Any]]:
+        with lock:
+            finished = set(done)
+        return finished, {o for o, _ in pairs if o not in finished}
+
+    def settle() -> None:
+        out._set_result(snapshot())
+
+    def member_done(original: Any, h: Result[Any]) -> None:
+        with lock:
+            done.add(original)
+            count = len(done)
+        if (
+            return_when == FIRST_COMPLETED
+            or count == len(pairs)
+            or (return_when == FIRST_EXCEPTION and h._st is FAILURE)
+        ):
+            settle()
+
+    if not pairs:
+        settle()
+        return out
+    for original, h in pairs:
+        h.add_done_callback(functools.partial(member_done, original))
+    if limit is not None and not out.done():
+        if limit == 0:
+            settle()
+        else:
+            cancel_timer = _schedule(limit, settle)
+            out.add_done_callback(lambda _: cancel_timer())
+    out._on_cancel(out._set_cancelled)  # nothing runs on its behalf: stopping the wait is all
+    return out
+
+
+# -- race ----------------------------------------------------------------------------------------
+
+
+def race(*members: Any) -> Result[Any]:
+    """The first member to succeed wins: its value is the race's; the others are cancelled.
+
+    If every member fails (or is revoked), the race fails with an ``ExceptionGroup`` of their errors,
+    in the order given. Cancelling the race cancels every member.
+    """
+    if not members:
+        raise ValueError("race() needs at least one member")
+    handles = [_as_handle(m, "race") for m in members]
+    out: Result[Any] = Result()
+    out._label = f"race of {len(handles)}"
+    out._set_started()
+    lock = threading.Lock()
+    left = [len(handles)]
+
+    def member_done(h: Result[Any]) -> None:
+        if h._st is SUCCESS:
+            if out._set_result(h._value):
+                for other in handles:
+                    if other is not h:
+                        other.cancel()
+            return
+        with lock:
+            left[0] -= 1
+            lost = left[0] == 0
+        if lost:
+            errors = [e for e in (_outcome_of(m) for m in handles) if e is not None]
+            # an ExceptionGroup, unless a member ended with a BaseException (KeyboardInterrupt...)
+            group = BaseExceptionGroup(f"all {len(handles)} members of the race failed", errors)
+            if out._cancel_requested:
+                out._set_cancelled()
+            else:
+                out._set_exception(group)
+
+    out._on_cancel(lambda: [m.cancel() for m in handles])
+    for h in handles:
+        h.add_done_callback(member_done)
+    return out
+
+
+# -- as_completed --------------------------------------------------------------------------------
+
+
+class as_completed(Generic[T]):  # used as a function: for h in as_completed(...)
+    """Iterate over the given objects as they finish, with ``for`` (blocking) or ``async for``.
+
+    Yields the objects given (handles, futures), each once, in the order they finish; a coroutine or
+    other awaitable given is spawned and its handle yielded. With ``timeout``, raises the builtin
+    ``TimeoutError`` if that many seconds pass (from the call) before every one has finished. It
+    never cancels the members.
+    """
+
+    def __init__(self, handles: Iterable[T], timeout: float | None = None) -> None:
+        self._limit = check_timeout(timeout)
+        self._deadline = None if self._limit is None else time.monotonic() + self._limit
+        originals = list(dict.fromkeys(handles))
+        self._left = len(originals)
+        self._lock = threading.Lock()
+        self._ready: collections.deque[Any] = collections.deque()
+        self._signal: Result[None] | None = None  # set when something is ready for a waiting reader
+        for original in originals:
+            h = _as_handle(original, "as_completed")
+            yielded = original if isinstance(original, Result | cf.Future | asyncio.Future) else h
+            h.add_done_callback(functools.partial(self._push, yielded))
+
+    def _push(self, item: Any, _h: object = None) -> None:
+        with self._lock:
+            self._ready.append(item)
+            signal, self._signal = self._signal, None
+        if signal is not None:
+            signal._set_result(None)
+
+    def _take_or_wait(self) -> tuple[bool, Any]:
+        """The next finished item, or a signal handle that ends when one is ready."""
+        with self._lock:
+            if self._ready:
+                self._left -= 1
+                return True, self._ready.popleft()
+            if self._signal is None:
+                self._signal = Result()
+            return False, self._signal
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(
+            f"{self._left} of the objects given to as_completed() did not finish in {self._limit} s"
+        )
+
+    def __iter__(self) -> Iterator[T]:
+        while self._left:
+            ok, item = self._take_or_wait()
+            if ok:
+                yield item
+                continue
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                raise self._timed_out()
+            item.wait(remaining)
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._agen()
+
+    async def _agen(self) -> AsyncIterator[T]:
+        while self._left:
+            ok, item = self._take_or_wait()
+            if ok:
+                yield item
+                continue
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                raise self._timed_out()
+            if remaining is None:
+                await shield(item)
+            else:
+                await wait([item], timeout=remaining)  # ends when the signal does, or at the deadline
+
+
+# -- then ----------------------------------------------------------------------------------------
+
+
+def then(source: Result[T], fn: Callable[[T], U] | Callable[[T], Coroutine[Any, Any, U]]) -> Result[U]:
+    """A handle for ``fn(value)`` once ``source`` succeeds: see :meth:`Result.then`."""
+    if not callable(fn):
+        raise TypeError(f"then() needs a callable, not {type(fn).__qualname__}")
+    out: Result[U] = Result()
+    out._label = f"then {getattr(fn, '__qualname__', '?')}()"
+    step: list[Result[Any]] = []
+
+    def source_done(h: Result[T]) -> None:
+        exc = _outcome_of(h)
+        if exc is not None:
+            if h._st is REVOKED:
+                out._set_cancelled()
+            else:
+                out._finish(FAILURE, exc, h._tb)
+            return
+        if out._cancel_requested:
+            out._set_cancelled()
+            return
+        out._set_started()  # the step begins now
+        if inspect.iscoroutinefunction(fn):
+            nxt: Result[Any] = spawn(fn(h._value))
+        else:
+            nxt = run_in_thread(fn, h._value)  # never on a loop thread: fn may block
+        step.append(nxt)
+        nxt.add_done_callback(out._adopt)
+
+    def cancel() -> None:
+        if not source.done():
+            source.cancel()
+        for s in step:
+            s.cancel()
+
+    out._on_cancel(cancel)
+    source.add_done_callback(source_done)
+    return out

@@ -118,10 +118,9 @@ def test_as_completed_timeout_raises_builtin_timeout_error() -> None:
     done: ab.Result[int] = ab.Result()
     done.set_result(1)
     never: ab.Result[int] = ab.Result()
-    seen = []
+    seen: list[ab.Result[int]] = []
     with pytest.raises(TimeoutError, match="1 of the objects given to as_completed\\(\\) did not finish"):
-        for h in ab.as_completed([done, never], timeout=0.05):
-            seen.append(h)
+        seen.extend(ab.as_completed([done, never], timeout=0.05))
     assert seen == [done]
     never.cancel()
 
@@ -141,9 +140,12 @@ async def test_async_for_as_completed() -> None:
 @pytest.mark.anyio
 async def test_async_for_as_completed_times_out() -> None:
     never: ab.Result[int] = ab.Result()
-    with pytest.raises(TimeoutError):
+    async def drain() -> None:
         async for _ in ab.as_completed([never], timeout=0.05):
             pass
+
+    with pytest.raises(TimeoutError):
+        await drain()
     never.cancel()
 
 

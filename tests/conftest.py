@@ -14,7 +14,13 @@ SOAK = 50 if os.environ.get("ASYNCBRIDGE_SOAK") else 1
 
 # Long-lived threads kept on purpose: the library's own (named, started on first use) and the idle
 # thread caches of trio and anyio, which outlive a test by design.
-LIBRARY_THREADS = ("asyncbridge-loop", "asyncbridge-worker", "asyncbridge-process", "Trio thread", "AnyIO worker thread")
+LIBRARY_THREADS = (
+    "asyncbridge-loop",
+    "asyncbridge-worker",
+    "asyncbridge-process",
+    "Trio thread",
+    "AnyIO worker thread",
+)
 
 
 @pytest.fixture(

@@ -140,6 +140,7 @@ async def test_async_for_as_completed() -> None:
 @pytest.mark.anyio
 async def test_async_for_as_completed_times_out() -> None:
     never: ab.Result[int] = ab.Result()
+
     async def drain() -> None:
         async for _ in ab.as_completed([never], timeout=0.05):
             pass

@@ -7,6 +7,7 @@ alike in threads and coroutines, and later in processes, without any argument.
 
 from __future__ import annotations
 
+import sys
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -57,14 +58,19 @@ def report_progress(**meta: Any) -> None:
     """Report progress from inside work: the handle shows ``state == "PROGRESS"`` and
     ``info == meta`` (a dict), and its ``on_progress`` observers and ``progress()`` readers get it.
 
-    Works alike in thread work, process work (the dict crosses to the parent, so it must pickle) and
-    coroutines. A report after the handle has ended is ignored.
+    Works alike in thread work, process work (the dict crosses to the parent, so it must pickle),
+    coroutines, and Celery tasks (as ``update_state(state="PROGRESS", meta=meta)``). A report after
+    the handle has ended is ignored.
 
     Raises:
         RuntimeError: called outside any asyncbridge work, where there is no handle to report to.
         TypeError: from process work, ``meta`` cannot be pickled.
     """
-    h = CURRENT.get()
+    h: Any = CURRENT.get()
+    if h is None and "celery" in sys.modules:  # any Celery task, even one not made with @task
+        from .contrib.celery import current_celery_work
+
+        h = current_celery_work()
     if h is None:
         raise RuntimeError(
             "report_progress() was called outside asyncbridge work: there is no handle to report to"

@@ -107,11 +107,13 @@ class Result(cf.Future[T]):
         "_lock",
         "_loop",
         "_meta",
+        "_pin",
         "_probe",
         "_pversion",
         "_pw",
         "_src",
         "_st",
+        "_state_name",
         "_tb",
         "_time_limit",
         "_value",
@@ -134,7 +136,10 @@ class Result(cf.Future[T]):
     _src: Any
     _cancel_requested: bool
 
-    def __init__(self) -> None:
+    def __init__(self, task_id: str | None = None, *, app: Any = None) -> None:
+        """``Result()``: a blank handle, completed with :meth:`set_result`/:meth:`set_exception`.
+        ``Result(task_id, app=celery_app)``: the handle of a Celery task, sent by this process or
+        not (needs ``asyncbridge[celery]``; ``app`` defaults to Celery's current app)."""
         # cf.Future.__init__ is skipped on purpose: see the module docstring.
         self._lock = threading.Lock()
         self._st = PENDING
@@ -158,6 +163,23 @@ class Result(cf.Future[T]):
         self._watchers: list[Callable[[Result[T], State, Any], object]] | None = None
         self._pw: list[Any] | None = None  # awaiters of the next progress report
         self._pversion = 0  # progress reports so far
+        self._state_name: str | None = None  # an engine's own name for a PROGRESS-like state
+        # An engine that holds its handles weakly (a Celery listener: a dropped handle no one waits
+        # on should not be tracked for ever) is told when one gets a callback, to hold it strongly.
+        self._pin: Callable[[Result[T]], object] | None = None
+        if task_id is not None or app is not None:
+            self._bind_task_id(task_id, app)
+
+    def _bind_task_id(self, task_id: str | None, app: Any) -> None:
+        if task_id is None:
+            raise TypeError("Result(app=...) needs the task id too: Result(task_id, app=app)")
+        try:
+            from .contrib.celery import bind_task_id
+        except ImportError as exc:
+            raise ImportError(
+                "Result(task_id) looks a Celery task up by its id: install asyncbridge[celery]"
+            ) from exc
+        bind_task_id(self, task_id, app)
 
     # -- concurrent.futures' private waiter protocol (read by cf.wait and cf.as_completed) --------
     # Properties with setters, so that the handle also satisfies typeshed's protocol for
@@ -237,12 +259,15 @@ class Result(cf.Future[T]):
             self._tell(watchers, STARTED, None)
         return True
 
-    def _set_progress(self, meta: dict[str, Any]) -> bool:
-        """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``; wakes progress observers."""
+    def _set_progress(self, meta: dict[str, Any], state_name: str | None = None) -> bool:
+        """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``; wakes progress observers.
+        ``state_name``: an engine's custom state (Celery's ``update_state(state="RESIZING")``),
+        shown by :attr:`state` instead of PROGRESS."""
         with self._lock:
             if not self._may_move(PROGRESS):
                 return False
             self._meta = meta
+            self._state_name = state_name
             self._pversion += 1
             self._st = PROGRESS
             watchers, pw = self._watchers, self._pw
@@ -422,9 +447,16 @@ class Result(cf.Future[T]):
 
     @property
     def state(self) -> State:
-        """The current :class:`State`."""
+        """The current :class:`State`.
+
+        A :class:`State` member, except for work of an engine with states of its own (a Celery task
+        calling ``update_state(state="RESIZING")``): then that name, a plain ``str``, while it lasts.
+        """
         self._sync()
-        return self._st
+        st = self._st
+        if st is PROGRESS and self._state_name is not None:
+            return self._state_name  # type: ignore[return-value]  # documented: a custom name
+        return st
 
     @property
     def status(self) -> State:
@@ -612,6 +644,10 @@ class Result(cf.Future[T]):
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
         self._sync()
+        pin = self._pin
+        if pin is not None:
+            self._pin = None
+            pin(self)
         with self._lock:
             if self._st not in _TERMINAL:
                 if self._callbacks is None:
@@ -655,11 +691,8 @@ class Result(cf.Future[T]):
         if self._st in _TERMINAL:
             return True
         loop = self._loop
-        if loop is not None and self._on_owner_thread(loop):
-            raise RuntimeError(
-                f"{self!r}.{caller}() was called on the event-loop thread that must run this work, "
-                "so it could never return; use 'await' here, or call it from another thread"
-            )
+        if loop is not None:
+            self._check_can_block(loop, caller)
         waiter = _ThreadWaiter()
         with self._lock:
             if self._st in _TERMINAL:
@@ -712,16 +745,28 @@ class Result(cf.Future[T]):
         else:
             self._set_exception(RuntimeError(f"{self!r} can never finish: its event loop was closed"))
 
-    @staticmethod
-    def _on_owner_thread(loop: Any) -> bool:
-        if isinstance(loop, asyncio.AbstractEventLoop):
-            return _get_running_loop() is loop
-        import trio  # a trio token: only handles made inside a trio run carry one
+    def _check_can_block(self, loop: Any, caller: str) -> None:
+        """Raise RuntimeError where blocking for this handle could never end.
 
-        try:
-            return bool(trio.lowlevel.current_trio_token() == loop)
-        except RuntimeError:
-            return False
+        ``loop`` is what runs the work: an asyncio loop, a trio token, or an engine's own guard (an
+        object with a ``check_can_block()`` method, e.g. Celery's rule inside a running task)."""
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            on_owner = _get_running_loop() is loop
+        elif hasattr(loop, "check_can_block"):
+            loop.check_can_block()
+            return
+        else:
+            import trio  # a trio token: only handles made inside a trio run carry one
+
+            try:
+                on_owner = bool(trio.lowlevel.current_trio_token() == loop)
+            except RuntimeError:
+                on_owner = False
+        if on_owner:
+            raise RuntimeError(
+                f"{self!r}.{caller}() was called on the event-loop thread that must run this work, "
+                "so it could never return; use 'await' here, or call it from another thread"
+            )
 
     @overload
     def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> T: ...
@@ -786,7 +831,7 @@ class Result(cf.Future[T]):
         exc = self._value
         try:
             if st is REVOKED:
-                raise cf.CancelledError(*exc.args)
+                raise _revoked(cf.CancelledError, exc)
             raise exc.with_traceback(self._tb)  # the original frames, not those of earlier raises
         finally:
             del exc  # break the frame -> traceback -> exception cycle
@@ -831,10 +876,8 @@ class Result(cf.Future[T]):
 
     def _outcome_async(self) -> T:
         if self._st is REVOKED:
-            msg = self._value.args
-            if _get_running_loop() is not None:
-                raise asyncio.CancelledError(*msg)
-            raise cf.CancelledError(*msg)
+            flavour = asyncio.CancelledError if _get_running_loop() is not None else cf.CancelledError
+            raise _revoked(flavour, self._value)
         return self._outcome()
 
     def _wait_async(self, cancel_work: bool) -> Generator[Any, None, None]:
@@ -906,6 +949,14 @@ class Result(cf.Future[T]):
         raise TypeError(
             f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
         )
+
+
+def _revoked(flavour: type[BaseException], stored: BaseException) -> BaseException:
+    """A fresh cancellation error of ``flavour`` for a REVOKED handle, with the stored one's
+    message and cause (an engine's own revocation error, such as Celery's TaskRevokedError)."""
+    err = flavour(*stored.args)
+    err.__cause__ = stored.__cause__
+    return err
 
 
 class _ProgressReader:

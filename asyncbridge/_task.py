@@ -38,7 +38,14 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-Engine = Literal["auto", "thread", "process"] | cf.Executor
+
+class CeleryApp(Protocol):
+    """What ``engine=`` needs of a Celery application (``celery.Celery`` is one)."""
+
+    def send_task(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+Engine = Literal["auto", "thread", "process"] | cf.Executor | CeleryApp
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,11 @@ class _TaskBase(Generic[P, T]):
         self.timeout = timeout
         self.retry = retry
         self._is_async = inspect.iscoroutinefunction(fn)
+        self._celery: Any = None  # the registered Celery task, for engine=app
+        if _is_celery(engine):
+            from .contrib.celery import register
+
+            self._celery = register(self, engine)
         self._label_prefix = (
             "coroutine" if self._is_async else _engine_name("thread" if engine == "auto" else engine)
         )
@@ -111,6 +123,10 @@ class _TaskBase(Generic[P, T]):
         pending retry. Arguments for the process engine are pickled here: an unpicklable one raises
         ``TypeError`` at once.
         """
+        if self._celery is not None:
+            from .contrib.celery import send
+
+            return send(self._celery, args, kwargs)
         h: Result[T] = Result()
         h._label = f"{self._label_prefix} {getattr(self.fn, '__qualname__', '?')}()"
         _Job(self, h, args, kwargs).start()
@@ -161,7 +177,18 @@ def _same(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _engine_name(engine: Engine) -> str:
+    if _is_celery(engine):
+        return f"celery:{getattr(engine, 'main', None) or '?'}"
     return engine if isinstance(engine, str) else type(engine).__qualname__
+
+
+def _is_celery(engine: object) -> bool:
+    # Celery is imported only when the engine is one of its objects
+    if not type(engine).__module__.startswith("celery"):
+        return False
+    from .contrib.celery import is_celery_app
+
+    return is_celery_app(engine)
 
 
 @overload
@@ -207,9 +234,10 @@ def task(
     limit = check_time_limit(timeout)
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"retry must be an asyncbridge.Retry, not {type(retry).__qualname__}")
-    if not (engine in ("auto", "thread", "process") or isinstance(engine, cf.Executor)):
+    if not (engine in ("auto", "thread", "process") or isinstance(engine, cf.Executor) or _is_celery(engine)):
         raise ValueError(
-            f"engine must be 'auto', 'thread', 'process' or a concurrent.futures.Executor, not {engine!r}"
+            "engine must be 'auto', 'thread', 'process', a concurrent.futures.Executor or a Celery app, "
+            f"not {engine!r}"
         )
     if limit is not None and isinstance(engine, cf.Executor) and not isinstance(engine, ProcessPool):
         raise ValueError(
@@ -224,7 +252,7 @@ def task(
             raise TypeError(f"task() needs a function, not {type(f).__qualname__}")
         name = getattr(f, "__qualname__", repr(f))
         if inspect.iscoroutinefunction(f):
-            if engine != "auto":
+            if engine != "auto":  # a Celery worker runs plain functions too
                 raise TypeError(
                     f"{name} is an async function: it runs on an event loop (engine='auto'), "
                     f"not on engine={_engine_name(engine)!r}"

@@ -37,7 +37,10 @@ def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
       ``cancel()`` cancels it on its own loop;
     - a coroutine: scheduled exactly as :func:`asyncbridge.spawn` does;
     - a ``concurrent.futures.Future``: a handle that mirrors it; STARTED once the future runs;
-      ``cancel()`` calls ``future.cancel()`` (which cannot stop a running future).
+      ``cancel()`` calls ``future.cancel()`` (which cannot stop a running future);
+    - a Celery ``AsyncResult`` (the handle's id is the task id; ``cancel()`` revokes the task), a
+      ``GroupResult`` (a gather of its members) or a chain's result: see
+      ``asyncbridge.contrib.celery`` (needs ``asyncbridge[celery]``).
 
     Wrapping the same object twice gives two handles (with two ids) that agree on state and outcome:
     both mirror the one source.
@@ -53,6 +56,10 @@ def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
         return wrap_cf_future(obj)
     if inspect.iscoroutine(obj):
         return spawn(obj)
+    if type(obj).__module__.startswith("celery."):  # import Celery only for Celery's objects
+        from .contrib.celery import wrap_celery
+
+        return wrap_celery(obj)
     if inspect.iscoroutinefunction(obj):
         raise TypeError(
             f"wrap() cannot wrap the coroutine function {obj.__qualname__}; call it first: "
@@ -60,5 +67,6 @@ def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
         )
     raise TypeError(
         f"wrap() cannot wrap a {type(obj).__qualname__}; it accepts an asyncio Future or Task, "
-        "a coroutine, a concurrent.futures.Future or an asyncbridge Result"
+        "a coroutine, a concurrent.futures.Future, an asyncbridge Result, or a Celery AsyncResult or "
+        "GroupResult (with asyncbridge[celery])"
     )

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 #: ASYNCBRIDGE_SOAK=1 multiplies every stress count by this.
 SOAK = 50 if os.environ.get("ASYNCBRIDGE_SOAK") else 1
 
-# Long-lived threads kept on purpose: the library's own (named, started on first use) and the idle
-# thread caches of trio and anyio, which outlive a test by design.
-LIBRARY_THREADS = (
-    "asyncbridge-loop",
-    "asyncbridge-worker",
-    "asyncbridge-process",
-    "Trio thread",
-    "AnyIO worker thread",
-)
+# Long-lived threads kept on purpose: the library's own (all named asyncbridge-..., started on first
+# use: loop, pools, managers, listeners; the test fixtures' log readers use the prefix too) and the
+# idle thread caches of trio and anyio, which outlive a test by design.
+LIBRARY_THREADS = ("asyncbridge-", "Trio thread", "AnyIO worker thread")
 
 
 @pytest.fixture(
@@ -61,3 +63,113 @@ def no_leaked_threads() -> Iterator[None]:
         t.join(5.0)  # a thread that is finishing gets its chance; a leak stays alive
     alive = [t.name for t in leaked if t.is_alive()]
     assert not alive, f"threads leaked by this test: {alive}"
+
+
+# -- real Celery workers and a real Redis server -------------------------------------------------
+# The embedded default needs no server: a file-system broker and a file:// result backend in a
+# directory made here, before any test module imports celery_app (which reads it at import).
+os.environ.setdefault("ABTEST_DIR", tempfile.mkdtemp(prefix="asyncbridge-celery-"))
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+
+
+class Process:
+    """A server or worker started by a fixture, whose output is drained by a thread (so it never
+    blocks on a full pipe) and watched for the line that says it is ready."""
+
+    def __init__(self, argv: list[str], ready_text: str, env: dict[str, str], name: str) -> None:
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._text = ready_text
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=TESTS_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # a Ctrl-C in the test run is not theirs
+        )
+        self._reader = threading.Thread(target=self._read, name=f"asyncbridge-test-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if self._text in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"{self.proc.args!r} did not get ready:\n{''.join(self.lines[-40:])}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_celery_worker(extra_env: dict[str, str]) -> Process:
+    env = {**os.environ, **extra_env, "PYTHONPATH": str(TESTS_DIR)}
+    argv = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork", "--concurrency=2"]
+    argv += ["--loglevel=INFO", "--without-heartbeat", "--without-mingle", "--without-gossip"]
+    worker = Process(argv, " ready.", env, "celery-worker")
+    worker.wait_ready()
+    return worker
+
+
+@pytest.fixture(scope="session")
+def celery_worker() -> Iterator[Any]:
+    """A real prefork `celery worker` on the embedded file-system broker; yields the tests' app
+    namespace (celery_app.tasks)."""
+    import celery_app
+
+    worker = start_celery_worker({})
+    yield celery_app.tasks
+    worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(port: int) -> Process:
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed and CI must run the Redis tests (.ci/run installs it)")
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server); CI runs these")
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis = Process(argv, "Ready to accept connections", dict(os.environ), "redis")
+    redis.wait_ready()
+    return redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis server on a free loopback port, for the session."""
+    port = free_port()
+    redis = start_redis(port)
+    yield f"redis://127.0.0.1:{port}/0"
+    redis.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_celery(redis_url: str) -> Iterator[Any]:
+    """A real prefork `celery worker` on Redis (broker and result backend); yields an app namespace
+    of this process configured alike."""
+    import celery_app
+
+    worker = start_celery_worker({"ABTEST_REDIS_URL": redis_url})
+    yield celery_app.make_app(celery_app.redis_config(redis_url))
+    worker.stop()

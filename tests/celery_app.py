@@ -1,0 +1,71 @@
+"""The Celery app of the tests, configured from the environment so that a worker process started
+by a fixture (``celery -A celery_app worker``) and the test process agree.
+
+- ``ABTEST_DIR``: a directory for the embedded default: a file-system broker and a ``file://``
+  result backend (no server needed; revoke and ping travel as broadcasts through its control folder).
+- ``ABTEST_REDIS_URL``: a Redis server, used as broker and result backend instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from types import SimpleNamespace
+
+import celery_work
+from celery import Celery
+
+import asyncbridge as ab
+
+
+def _config() -> dict[str, object]:
+    redis_url = os.environ.get("ABTEST_REDIS_URL")
+    if redis_url:
+        return redis_config(redis_url)
+    root = pathlib.Path(os.environ.get("ABTEST_DIR", "/tmp/abtest"))
+    for sub in ("queue", "control", "results"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "broker_url": "filesystem://",
+        "broker_transport_options": {
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "control_folder": str(root / "control"),
+            "store_processed": False,
+            "polling_interval": 0.02,
+        },
+        "result_backend": f"file://{root / 'results'}",
+    }
+
+
+def make_app(config: dict[str, object]) -> SimpleNamespace:
+    """An app with the tests' tasks registered: plain Celery tasks, and the same functions through
+    ``ab.task(engine=app)``."""
+    app = Celery("abtest")
+    app.conf.update(
+        config,
+        task_track_started=True,  # STARTED is reported when the worker starts the task
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    plain = {
+        name: app.task(name=f"abtest.{name}")(getattr(celery_work, name))
+        for name in ("add", "fail", "rendezvous", "report_and_wait", "sleep_for", "get_inside_a_task", "pid")
+    }
+    return SimpleNamespace(
+        app=app,
+        **plain,
+        square=ab.task(engine=app)(celery_work.add),
+        limited=ab.task(engine=app, timeout=0.5)(celery_work.sleep_for),
+        flaky=ab.task(engine=app, retry=ab.Retry(attempts=3))(celery_work.fail_until),
+        progress=ab.task(engine=app)(celery_work.report_and_wait),
+    )
+
+
+def redis_config(url: str) -> dict[str, object]:
+    return {"broker_url": url, "result_backend": url}
+
+
+tasks = make_app(_config())
+app = tasks.app  # what `celery -A celery_app worker` finds

@@ -1,0 +1,59 @@
+"""Plain functions the Celery tests run as tasks (registered on each test app by celery_app.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import asyncbridge as ab
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)  # the source line the worker's traceback must show
+
+
+def rendezvous(fifo: str) -> str:
+    """Block until the test writes to the named pipe ``fifo`` (an event across processes)."""
+    with open(fifo) as f:
+        return f.read()
+
+
+def report_and_wait(fifo: str, state: str) -> str:
+    """Report progress under ``state`` (PROGRESS, or a custom state name), then wait on ``fifo``."""
+    if state == "PROGRESS":
+        ab.report_progress(step=1, of=2)  # asyncbridge's call, inside a Celery task
+    else:
+        from celery import current_task
+
+        current_task.update_state(state=state, meta={"step": 1, "of": 2})  # Celery's own
+    return rendezvous(fifo)
+
+
+def sleep_for(seconds: float) -> str:
+    time.sleep(seconds)  # stands for long work that never checks: only a kill stops it
+    return "slept"
+
+
+def get_inside_a_task(task_id: str) -> Any:
+    from celery import current_app
+
+    return ab.AsyncResult(task_id, app=current_app).get(timeout=10)
+
+
+def fail_until(counter: str, failures: int) -> str:
+    with open(counter, "a+") as f:
+        f.seek(0)
+        calls = len(f.read()) + 1
+        f.write("x")
+    if calls <= failures:
+        raise ValueError(f"attempt {calls} failed")
+    return f"succeeded on attempt {calls}"
+
+
+def pid() -> int:
+    return os.getpid()

@@ -1,0 +1,220 @@
+"""Celery results through the handle, against a real prefork `celery worker` (file-system broker and
+file:// result backend: the embedded default, no server). The Redis variant is test_celery_redis.py."""
+# mypy: disable-error-code="comparison-overlap,unreachable"
+# (tests read h.state again after the handle moved on, which mypy narrows to the first value read)
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import gc
+import os
+import pathlib
+import threading
+import uuid
+import weakref
+from typing import Any
+
+import anyio
+import pytest
+from celery import Celery, chain, group
+from celery.exceptions import TaskRevokedError
+
+import asyncbridge as ab
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+
+def make_fifo(tmp_path: pathlib.Path) -> str:
+    path = tmp_path / f"gate-{uuid.uuid4().hex}"
+    os.mkfifo(path)
+    return str(path)
+
+
+def release(fifo: str, text: str = "go") -> None:
+    """Write to the named pipe the task waits on; the open blocks until the task reads it."""
+
+    def write() -> None:
+        with open(fifo, "w") as f:
+            f.write(text)
+
+    t = threading.Thread(target=write)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the task never opened its pipe"
+
+
+def wait_for_progress(h: ab.Result[Any]) -> None:
+    reported = threading.Event()
+    h.on_progress(lambda _meta: reported.set())
+    assert reported.wait(30) or h.info is not None
+
+
+def test_a_result_round_trip(celery_worker: Any) -> None:
+    r = celery_worker.add.delay(2, 3)
+    h = ab.wrap(r)
+    assert h.id == r.id
+    assert h.get(timeout=30) == 5
+    assert h.state is ab.State.SUCCESS and h.successful() and h.info == 5
+
+
+@pytest.mark.anyio
+async def test_await_a_celery_result_on_both_backends(celery_worker: Any) -> None:
+    assert await ab.wrap(celery_worker.add.delay(20, 22)) == 42
+
+
+def test_a_failure_keeps_its_type_and_the_worker_traceback(celery_worker: Any) -> None:
+    h = ab.wrap(celery_worker.fail.delay("bad input"))
+    with pytest.raises(ValueError, match="bad input") as info:
+        h.get(timeout=30)
+    assert isinstance(info.value.__cause__, ab.RemoteTraceback)
+    assert "raise ValueError(message)  # the source line" in (h.traceback or "")
+    assert h.failed()
+
+
+def test_started_progress_and_custom_states(celery_worker: Any, tmp_path: pathlib.Path) -> None:
+    fifo = make_fifo(tmp_path)
+    h = ab.wrap(celery_worker.report_and_wait.delay(fifo, "RESIZING"))
+    wait_for_progress(h)
+    assert h.state == "RESIZING" and h.info == {"step": 1, "of": 2}
+    assert h.running()
+    release(fifo, "resized")
+    assert h.get(timeout=30) == "resized"
+    assert h.state is ab.State.SUCCESS
+
+
+def test_cancel_revokes_and_terminates_a_running_task(celery_worker: Any, tmp_path: pathlib.Path) -> None:
+    fifo = make_fifo(tmp_path)
+    h = ab.wrap(celery_worker.report_and_wait.delay(fifo, "PROGRESS"))
+    wait_for_progress(h)  # running in a prefork child
+    assert h.cancel()
+    with pytest.raises(cf.CancelledError) as info:
+        h.get(timeout=30)
+    assert isinstance(info.value.__cause__, TaskRevokedError)
+    assert h.state is ab.State.REVOKED
+    assert ab.wrap(celery_worker.add.delay(1, 1)).get(timeout=30) == 2  # the pool replaced the child
+
+
+@pytest.mark.anyio
+async def test_a_task_revoked_elsewhere_wakes_every_awaiter(
+    celery_worker: Any, tmp_path: pathlib.Path, anyio_backend: tuple[str, object]
+) -> None:
+    fifo = make_fifo(tmp_path)
+    r = celery_worker.report_and_wait.delay(fifo, "PROGRESS")
+    h = ab.wrap(r)
+    await anyio.to_thread.run_sync(wait_for_progress, h)
+    outcomes: list[str] = []
+
+    async def waiter() -> None:
+        try:
+            await ab.shield(h)
+        except (asyncio.CancelledError, cf.CancelledError) as exc:
+            outcomes.append(type(exc).__name__)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        celery_worker.app.control.revoke(r.id, terminate=True)  # not through the handle
+    expected = "CancelledError"
+    assert outcomes == [expected] * 3
+    assert h.state is ab.State.REVOKED
+
+
+def test_async_result_by_id_for_a_task_sent_elsewhere(celery_worker: Any) -> None:
+    r = celery_worker.add.delay(3, 4)
+    h: ab.Result[Any] = ab.AsyncResult(r.id, app=celery_worker.app)
+    assert isinstance(h, ab.Result) and h.id == r.id
+    assert h.get(timeout=30) == 7
+
+
+def test_an_unknown_id_stays_pending_and_get_times_out(celery_worker: Any) -> None:
+    h: ab.Result[Any] = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    assert h.state is ab.State.PENDING
+    with pytest.raises(TimeoutError) as info:
+        h.get(timeout=0.2)
+    assert type(info.value) is TimeoutError  # the builtin, not Celery's own TimeoutError
+
+
+def test_a_group_is_a_gather_of_its_members(celery_worker: Any) -> None:
+    res = group(celery_worker.add.s(i, i) for i in range(5)).apply_async()
+    h = ab.wrap(res)
+    assert h.get(timeout=30) == [0, 2, 4, 6, 8]
+
+
+def test_a_chain_follows_to_its_last_task(celery_worker: Any) -> None:
+    res = chain(celery_worker.add.s(1, 1), celery_worker.add.s(10))()
+    h = ab.wrap(res)
+    assert h.id == res.id and h.get(timeout=30) == 12
+
+
+def test_a_chain_fails_with_the_failure_of_an_earlier_task(celery_worker: Any) -> None:
+    res = chain(celery_worker.fail.si("early"), celery_worker.add.s(10))()
+    with pytest.raises(ValueError, match="early"):
+        ab.wrap(res).get(timeout=30)
+
+
+def test_get_inside_a_running_celery_task_follows_celerys_rule(celery_worker: Any) -> None:
+    inner = celery_worker.add.delay(1, 2)
+    outer = ab.wrap(celery_worker.get_inside_a_task.delay(inner.id))
+    exc = outer.exception(timeout=30)
+    assert isinstance(exc, RuntimeError) and "inside a running Celery task" in str(exc)
+
+
+def test_an_app_without_a_result_backend_is_a_clear_error() -> None:
+    bare = Celery("no-backend", broker="memory://")
+    with pytest.raises(ValueError, match="has no result backend"):
+        ab.AsyncResult("some-id", app=bare)
+
+
+def test_bad_ids_and_apps_are_clear_errors(celery_worker: Any) -> None:
+    with pytest.raises(TypeError, match="a task id must be a non-empty str"):
+        ab.AsyncResult("", app=celery_worker.app)
+    with pytest.raises(TypeError, match="app must be a celery.Celery application"):
+        ab.AsyncResult("x", app="app")
+    with pytest.raises(TypeError, match="needs the task id too"):
+        ab.Result(app=celery_worker.app)
+
+
+def test_many_awaited_results_share_one_listener_thread(celery_worker: Any) -> None:
+    before = threading.active_count()
+    handles: list[ab.Result[Any]] = [
+        ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app) for _ in range(1_000)
+    ]
+    during = threading.active_count()
+    assert all(h.state is ab.State.PENDING for h in handles)
+    assert during - before <= 1  # at most the app's one listener, however many are pending
+    refs = [weakref.ref(h) for h in handles]
+    del handles
+    gc.collect()
+    assert all(r() is None for r in refs)  # nobody waits on them: the listener let them go
+
+
+# -- Celery as the engine of @task ---------------------------------------------------------------
+
+
+def test_task_with_a_celery_engine_sends_and_returns_a_handle(celery_worker: Any) -> None:
+    h = celery_worker.square.delay(6, 7)
+    assert isinstance(h, ab.Result) and h.get(timeout=30) == 13
+    assert celery_worker.square(1, 2) == 3  # still callable inline
+
+
+def test_report_progress_inside_a_celery_task_becomes_update_state(
+    celery_worker: Any, tmp_path: pathlib.Path
+) -> None:
+    fifo = make_fifo(tmp_path)
+    h = celery_worker.progress.delay(fifo, "PROGRESS")
+    wait_for_progress(h)
+    assert h.state is ab.State.PROGRESS and h.info == {"step": 1, "of": 2}
+    release(fifo)
+    assert h.get(timeout=30) == "go"
+
+
+def test_a_celery_time_limit_is_time_limit_exceeded(celery_worker: Any) -> None:
+    exc = celery_worker.limited.delay(30).exception(timeout=30)
+    assert isinstance(exc, ab.TimeLimitExceeded) and isinstance(exc, TimeoutError)
+
+
+def test_celery_retries_keep_one_handle(celery_worker: Any, tmp_path: pathlib.Path) -> None:
+    h = celery_worker.flaky.delay(str(tmp_path / "count"), 2)
+    assert h.get(timeout=30) == "succeeded on attempt 3"

@@ -8,4 +8,9 @@ swing several-fold between runs on shared machines; ratios hold). Families:
 - ``sync-to-coro``: ``ab.spawn(coro()).get()`` from a plain thread vs ``run_coroutine_threadsafe``.
 - ``cf-await``: awaiting wrapped ``cf.Future``s, done handles and tasks vs ``asyncio.wrap_future``.
 - ``memory``: creation time and bytes per pending object vs ``cf.Future`` + ``asyncio.Future``.
+- ``process-hop``: ``await ab.run_in_process(noop)``, singly and 2,000 at once, vs a raw
+  ``ProcessPoolExecutor`` through ``asyncio.wrap_future``; pebble and loky beside it.
+- ``cancel-latency``: ``cancel()`` on running process and thread work until REVOKED.
+- ``compose``: ``ab.gather`` / ``ab.as_completed`` over up to 100,000 handles vs ``asyncio.gather``
+  and ``concurrent.futures.as_completed``.
 """

@@ -22,11 +22,31 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import _report, cf_await, create_memory, hop_latency, hop_throughput, sync_to_coro
+from . import (
+    _report,
+    cancel_latency,
+    cf_await,
+    compose,
+    create_memory,
+    hop_latency,
+    hop_throughput,
+    process_hop,
+    sync_to_coro,
+)
 from ._harness import FULL, QUICK, Family, GroupResult, blocks_in, environment, run_group
 
 FAMILIES: dict[str, Family] = {
-    m.FAMILY.key: m.FAMILY for m in (hop_latency, hop_throughput, sync_to_coro, cf_await, create_memory)
+    m.FAMILY.key: m.FAMILY
+    for m in (
+        hop_latency,
+        hop_throughput,
+        sync_to_coro,
+        cf_await,
+        create_memory,
+        process_hop,
+        cancel_latency,
+        compose,
+    )
 }
 
 
@@ -80,6 +100,11 @@ def main(argv: list[str]) -> int:
     for r in results:
         console.print(_report.table(r))
         console.print()
+    for fam in families:
+        extra = fam.summary([r for r in results if r.family == fam.key]) if fam.summary else None
+        if extra is not None:
+            console.print(extra)
+            console.print()
 
     meta: dict[str, Any] = {
         "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),

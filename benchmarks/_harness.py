@@ -51,7 +51,7 @@ perf_counter = time.perf_counter
 BLOCK_TIMEOUT = 120.0
 
 #: Packages whose versions go into the results.
-PACKAGES = ("asyncbridge", "anyio", "trio", "unsync", "asgiref", "rich", "matplotlib")
+PACKAGES = ("asyncbridge", "anyio", "trio", "unsync", "asgiref", "pebble", "loky", "rich", "matplotlib")
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,13 @@ class Group:
 
 @dataclass
 class Family:
-    """A module's benchmarks: ``build`` makes its groups and registers their teardown on ``stack``."""
+    """A module's benchmarks: ``build`` makes its groups and registers their teardown on ``stack``;
+    ``summary``, if given, makes one more table (a rich renderable) from the family's results."""
 
     key: str
     title: str
     build: Callable[[Config, ExitStack], list[Group]]
+    summary: Callable[[list[GroupResult]], Any] | None = None
 
 
 def have(package: str) -> bool:

@@ -52,7 +52,7 @@ def table(result: GroupResult) -> Table:
             t.add_row(name, "", "", "", "", f"[dim]{s['status']}: {s.get('reason', '')}[/dim]")
             continue
         ratio = s["ratio"]
-        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        ratio_text = ("-" if g.floor else "n/a") if ratio is None else f"{ratio:.2f}x"
         if s["role"] == "floor":
             ratio_text += " (floor)"
         t.add_row(

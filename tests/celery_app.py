@@ -53,13 +53,20 @@ def make_app(config: dict[str, object]) -> SimpleNamespace:
         name: app.task(name=f"abtest.{name}")(getattr(celery_work, name))
         for name in ("add", "fail", "rendezvous", "report_and_wait", "sleep_for", "get_inside_a_task", "pid")
     }
+    # The same functions through ab.task(engine=app): registered at import, in this process and in
+    # the worker alike (a worker runs only the tasks its app registered).
+    engine_tasks = {
+        name: ab.task(engine=app)(getattr(celery_work, name))
+        for name in ("add", "fail", "report_and_wait", "checks_until_cancelled")
+    }
     return SimpleNamespace(
         app=app,
         **plain,
-        square=ab.task(engine=app)(celery_work.add),
+        engine_tasks=engine_tasks,
+        square=engine_tasks["add"],
+        progress=engine_tasks["report_and_wait"],
         limited=ab.task(engine=app, timeout=0.5)(celery_work.sleep_for),
         flaky=ab.task(engine=app, retry=ab.Retry(attempts=3))(celery_work.fail_until),
-        progress=ab.task(engine=app)(celery_work.report_and_wait),
     )
 
 

@@ -57,3 +57,13 @@ def fail_until(counter: str, failures: int) -> str:
 
 def pid() -> int:
     return os.getpid()
+
+
+def checks_until_cancelled() -> str:
+    """Report that it runs, then do pretend work between checkpoints until cancelled (30 s at most)."""
+    ab.report_progress(running=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ab.checkpoint()  # raises once cancelled (a Celery task is killed by the revoke instead)
+        time.sleep(0.005)
+    return "never cancelled"

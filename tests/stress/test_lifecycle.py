@@ -1097,9 +1097,10 @@ def _(out: list[str]) -> None:
     """,
 )
 def _(out: list[str]) -> None:
-    # both are stopped: the coroutine REVOKED; the thread work, cancelled while blocked in get(), ends
+    # the coroutine is REVOKED; the thread work, asked to stop while blocked in get(), is woken by that
+    # revocation only after the pool's exit grace, and may or may not report before the interpreter ends
     assert "coro REVOKED CancelledError()" in out, out
-    assert len(out) == 2 and any(line.startswith(("thread REVOKED", "thread FAILURE")) for line in out), out
+    assert all(line.startswith(("coro REVOKED", "thread REVOKED", "thread FAILURE")) for line in out), out
 
 
 @pytest.mark.parametrize("name", list(EXIT_VARIANTS))

@@ -245,12 +245,18 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
         self._lock = threading.Lock()
         self._ready: collections.deque[Any] = collections.deque()
         self._signal: Result[None] | None = None  # set when something is ready for a waiting reader
+        # One bound method for every member (a partial per member makes 100,000 objects the cyclic
+        # GC keeps scanning); the few members that are not handles map back to the object given.
+        self._given: dict[Result[Any], Any] = {}
+        push = self._push
         for original in originals:
             h = _as_handle(original, "as_completed")
-            yielded = original if isinstance(original, Result | cf.Future | asyncio.Future) else h
-            h.add_done_callback(functools.partial(self._push, yielded))
+            if h is not original and isinstance(original, cf.Future | asyncio.Future):
+                self._given[h] = original
+            h.add_done_callback(push)
 
-    def _push(self, item: Any, _h: object = None) -> None:
+    def _push(self, h: Result[Any]) -> None:
+        item = self._given.pop(h, h) if self._given else h
         with self._lock:
             self._ready.append(item)
             signal, self._signal = self._signal, None

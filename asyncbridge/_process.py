@@ -157,7 +157,7 @@ def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
         else:
             try:
                 reply = (_DONE, seq, pickle.dumps(value))
-            except Exception as exc:
+            except BaseException as exc:  # whatever a __reduce__ raises fails this task only
                 unsendable = TypeError(
                     f"the result of {label}() could not be sent back from the worker process: {exc}"
                 )
@@ -234,7 +234,7 @@ def _remote_failure(body: bytes) -> BaseException:
     if blob is not None:
         try:
             exc = pickle.loads(blob)
-        except Exception:
+        except BaseException:  # rebuilding it here failed: fall back to its text
             exc = None
     if exc is None:
         exc = RuntimeError(f"{module}.{qualname}: {message} (the exception could not be sent back as is)")
@@ -357,7 +357,7 @@ class ProcessPool(cf.Executor):
                         task.cancel_at = now + self._grace
                 self._dispatch(idle)
                 if closed and not self._pending and not any(w.task for w in self._workers):
-                    return
+                    break
                 timeout = self._enforce_deadlines(now)
                 waitables: list[Any] = [self._wake_r]
                 for w in self._workers:
@@ -376,19 +376,32 @@ class ProcessPool(cf.Executor):
                     else:
                         self._lost(worker, idle)
         except BaseException as exc:
-            # A bug here must not strand handles: fail every task this pool holds, say why, and
-            # let the next submit() start a new manager.
-            LOGGER.exception("asyncbridge's process manager failed")
-            broken = RuntimeError(f"asyncbridge's process manager failed: {exc!r}")
-            with self._lock:
-                stranded = list(self._pending)
-                self._pending.clear()
-                self._manager = None
-            stranded += [w.task for w in self._workers if w.task is not None]
-            for task in stranded:
-                task.handle._set_exception(broken)
-        finally:
-            self._stop_workers()
+            self._recover(exc)
+            return
+        self._stop_workers()  # shut down: the normal way out
+
+    def _recover(self, exc: BaseException) -> None:
+        """The manager failed (a bug): never strand a handle. Its workers and their running tasks go
+        (each task fails, saying why); queued tasks stay queued for a fresh manager, started here."""
+        LOGGER.exception("asyncbridge's process manager failed; starting a new one")
+        broken = RuntimeError(f"asyncbridge's process manager failed while this task ran: {exc!r}")
+        workers = list(self._workers)
+        for w in workers:
+            try:
+                w.process.kill()
+                w.process.join(KILL_AFTER)
+                w.conn.close()
+            except (OSError, ValueError):
+                pass
+            if w.task is not None:
+                w.task.handle._set_exception(broken)
+        with self._lock:
+            self._workers = []
+            self._manager = None
+            restart = bool(self._pending) and not self._closed
+            if restart:
+                self._manager = threading.Thread(target=self._manage, name="asyncbridge-process", daemon=True)
+                self._manager.start()
 
     def _owner(self, ready: object) -> _Worker | None:
         for w in self._workers:
@@ -447,12 +460,17 @@ class ProcessPool(cf.Executor):
             h._set_started()
             return True
         if kind == _PROGRESS:
-            h._set_progress(pickle.loads(body))
+            try:
+                meta = pickle.loads(body)
+            except BaseException as exc:  # a report that cannot be rebuilt here is dropped, not fatal
+                LOGGER.warning("a progress report of %r could not be unpickled: %r", h, exc)
+                return True
+            h._set_progress(meta)
             return True
         if kind == _DONE:
             try:
                 value = pickle.loads(body)
-            except Exception as exc:
+            except BaseException as exc:  # even SystemExit from a __reduce__: fail this task only
                 h._set_exception(
                     TypeError(f"the result of {h._label} could not be unpickled in the parent: {exc!r}")
                 )

@@ -206,14 +206,23 @@ async def _run(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
     except asyncio.CancelledError:
         h._set_cancelled()
         raise
+    except GeneratorExit:
+        raise  # the coroutine is being closed with its task: that is not how the work ended
     except BaseException as exc:
         h._set_exception(exc)  # delivered to the handle; the loop itself must survive
-        del exc
+        del h, exc  # this frame is in the error's traceback, which the handle keeps
     else:
         h._set_result(value)
 
 
+# asyncio keeps only weak references to tasks: a coroutine parked on an event no one else holds
+# would be garbage-collected with its task and handle ("Task was destroyed but it is pending").
+# Spawned work runs until it ends, kept here, as a thread keeps running its work.
+_TASKS: dict[asyncio.Future[None], Result[Any]] = {}
+
+
 def _after_run(h: Result[Any], coro: Coroutine[Any, Any, Any], task: asyncio.Future[None]) -> None:
+    _TASKS.pop(task, None)
     # A task cancelled before its first step never entered _run: close the coroutine and say so.
     coro.close()
     if task.cancelled():
@@ -224,6 +233,7 @@ def _run_as_task(
     h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Context, loop: asyncio.AbstractEventLoop
 ) -> None:
     task = loop.create_task(_run(h, coro), context=ctx)
+    _TASKS[task] = h
     task.add_done_callback(partial(_after_run, h, coro))
     h._loop = loop
     h._src = task
@@ -259,25 +269,30 @@ def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Con
         except trio.RunFinishedError:
             h._set_cancelled("its trio run has finished")
 
-    async def run() -> None:
-        try:
-            with scope:
-                value = await coro
-        except trio.Cancelled:
-            h._set_cancelled()  # the run is ending: our system task is being cancelled
-            raise
-        except BaseException as exc:
-            settle_failure(h, exc)
-            return
-        if scope.cancelled_caught and not h._cancel_requested and limit is not None:
-            h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {limit} s"))
-        elif scope.cancelled_caught:
-            h._set_cancelled()
-        else:
-            h._set_result(value)
-
     h._on_cancel(cancel)
-    trio.lowlevel.spawn_system_task(run, name=h._label, context=ctx)
+    trio.lowlevel.spawn_system_task(_run_trio, h, coro, scope, name=h._label, context=ctx)
+
+
+async def _run_trio(h: Result[T], coro: Coroutine[Any, Any, T], scope: Any) -> None:
+    import trio
+
+    limit = h._time_limit
+    try:
+        with scope:
+            value = await coro
+    except trio.Cancelled:
+        h._set_cancelled()  # the run is ending: our system task is being cancelled
+        raise
+    except BaseException as exc:
+        settle_failure(h, exc)
+        del h, exc  # this frame is in the error's traceback, which the handle keeps
+        return
+    if scope.cancelled_caught and not h._cancel_requested and limit is not None:
+        h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {limit} s"))
+    elif scope.cancelled_caught:
+        h._set_cancelled()
+    else:
+        h._set_result(value)
 
 
 class _BackgroundLoop:
@@ -338,6 +353,17 @@ class _BackgroundLoop:
                 t.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=grace)
+            for t in tasks:  # ignored the cancellation for the whole grace period: abandoned
+                if not t.done():
+                    t._log_destroy_pending = False  # type: ignore[attr-defined]  # said below instead
+                    h = _TASKS.pop(t, None)
+                    if h is not None:
+                        h._set_exception(
+                            RuntimeError(
+                                f"{h._label} ignored its cancellation at interpreter exit and was "
+                                f"abandoned after {grace} s"
+                            )
+                        )
 
         def finished(_: object) -> None:
             loop.stop()
@@ -356,10 +382,20 @@ class _BackgroundLoop:
             loop.close()
 
     def _after_fork_in_child(self) -> None:
-        # The loop's thread does not exist in the child: forget the loop and start afresh on use.
+        # The loop's thread does not exist in the child: its work stays in the parent. Fail the
+        # child's copies of those handles (no one would ever finish them), and start afresh on use.
+        old = self._loop
         self._lock = threading.Lock()
         self._loop = None
         self._thread = None
+        if old is None:
+            return
+        lost = RuntimeError("the process forked while this coroutine ran; it runs in the parent only")
+        for task, h in list(_TASKS.items()):
+            if h._loop is old:
+                _TASKS.pop(task, None)
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                h._set_exception(lost)
 
 
 BACKGROUND = _BackgroundLoop()

@@ -14,6 +14,7 @@ import functools
 import inspect
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._asyncio import BACKGROUND, spawn
@@ -248,30 +249,38 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
         # One bound method for every member (a partial per member makes 100,000 objects the cyclic
         # GC keeps scanning); the few members that are not handles map back to the object given.
         self._given: dict[Result[Any], Any] = {}
-        push = self._push
+        self._unfinished: set[Result[Any]] = set()  # to detach from if the iteration stops early
+        # Members hold this iterator only weakly: one abandoned mid-way is freed, not fed for ever.
+        push = self._push_ref = _WeakPush(self)
         for original in originals:
             h = _as_handle(original, "as_completed")
             if h is not original and isinstance(original, cf.Future | asyncio.Future):
                 self._given[h] = original
+            self._unfinished.add(h)
             h.add_done_callback(push)
 
     def _push(self, h: Result[Any]) -> None:
         item = self._given.pop(h, h) if self._given else h
         with self._lock:
+            self._unfinished.discard(h)
             self._ready.append(item)
             signal, self._signal = self._signal, None
         if signal is not None:
             signal._set_result(None)
 
-    def _take_or_wait(self) -> tuple[bool, Any]:
-        """The next finished item, or a signal handle that ends when one is ready."""
+    def _signal_unless_ready(self) -> Result[None] | None:
+        """None if an item is ready (take it with _pop), else a handle that ends when one is."""
         with self._lock:
             if self._ready:
-                self._left -= 1
-                return True, self._ready.popleft()
+                return None
             if self._signal is None:
                 self._signal = Result()
-            return False, self._signal
+            return self._signal
+
+    def _pop(self) -> Any:
+        with self._lock:
+            self._left -= 1
+            return self._ready.popleft()
 
     def _remaining(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
@@ -281,33 +290,85 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
             f"{self._left} of the objects given to as_completed() did not finish in {self._limit} s"
         )
 
+    # The loops below never keep an item in a local variable: a handle yielded and dropped by the
+    # caller must be freed then, not when the iteration moves on (CPython bpo-14406).
+
+    def _detach(self) -> None:
+        """The iteration stopped (done, timed out, abandoned): stop collecting what finishes later,
+        which would keep it alive for nothing."""
+        with self._lock:
+            unfinished, self._unfinished = self._unfinished, set()
+            self._ready.clear()
+            self._given.clear()
+        for h in unfinished:
+            h.remove_done_callback(self._push_ref)
+
     def __iter__(self) -> Iterator[T]:
-        while self._left:
-            ok, item = self._take_or_wait()
-            if ok:
-                yield item
-                continue
-            remaining = self._remaining()
-            if remaining is not None and remaining <= 0:
-                raise self._timed_out()
-            item.wait(remaining)
+        try:
+            while self._left:
+                signal = self._signal_unless_ready()
+                if signal is None:
+                    yield self._pop()
+                    continue
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    raise self._timed_out()
+                signal.wait(remaining)
+                del signal
+        finally:
+            self._detach()
 
     def __aiter__(self) -> AsyncIterator[T]:
-        return self._agen()
+        return _AsyncAsCompleted(self)
 
-    async def _agen(self) -> AsyncIterator[T]:
-        while self._left:
-            ok, item = self._take_or_wait()
-            if ok:
-                yield item
-                continue
-            remaining = self._remaining()
-            if remaining is not None and remaining <= 0:
-                raise self._timed_out()
-            if remaining is None:
-                await shield(item)
-            else:
-                await wait([item], timeout=remaining)  # ends when the signal does, or at the deadline
+    async def _anext(self) -> T:
+        try:
+            while True:
+                if not self._left:
+                    raise StopAsyncIteration
+                signal = self._signal_unless_ready()
+                if signal is None:
+                    return self._pop()  # type: ignore[no-any-return]
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    raise self._timed_out()
+                if remaining is None:
+                    await shield(signal)
+                else:
+                    await wait([signal], timeout=remaining)  # the signal ends, or the deadline comes
+                del signal
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):  # a cancelled reader may come back
+                self._detach()
+            raise
+
+
+class _WeakPush:
+    __slots__ = ("_ref",)
+
+    def __init__(self, it: as_completed[Any]) -> None:
+        self._ref = weakref.ref(it)
+
+    def __call__(self, h: Result[Any]) -> None:
+        it = self._ref()
+        if it is not None:
+            it._push(h)
+
+
+class _AsyncAsCompleted(Generic[T]):
+    """``async for`` over :class:`as_completed`: a plain async iterator (not an async generator), so
+    one left mid-way needs no ``aclose()``."""
+
+    __slots__ = ("_it",)
+
+    def __init__(self, it: as_completed[T]) -> None:
+        self._it = it
+
+    def __aiter__(self) -> _AsyncAsCompleted[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._it._anext()
 
 
 # -- then ----------------------------------------------------------------------------------------

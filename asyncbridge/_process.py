@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ._context import CURRENT
 from ._errors import Cancelled, RemoteTraceback, TimeLimitExceeded, WorkerCrashed
 from ._result import LOGGER, Result
+from ._signals import block_signals, unblock_signals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,6 +118,7 @@ def _describe_failure(exc: BaseException) -> bytes:
 
 def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
     """The loop of one worker process: receive a task, run it, send its outcome."""
+    unblock_signals()  # inherited from the manager thread that started us: terminate() must work
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     lock = threading.Lock()  # the work may report progress from threads of its own
 
@@ -343,6 +345,7 @@ class ProcessPool(cf.Executor):
     # -- the manager thread -----------------------------------------------------------------------
 
     def _manage(self) -> None:
+        block_signals()  # it runs no user code: Ctrl-C is the main thread's
         idle: list[_Worker] = []
         try:
             while True:

@@ -73,6 +73,8 @@ _ID_LOCK = threading.Lock()
 
 #: How often a blocked get() checks that the event loop running its work has not been closed.
 LOOP_WATCH = 0.25
+#: The longest single wait of a get() in the main thread, so that Ctrl-C is never missed for long.
+SIGNAL_SLICE = 0.1
 
 
 class Result(cf.Future[T]):
@@ -660,12 +662,18 @@ class Result(cf.Future[T]):
     def remove_done_callback(self, fn: Callable[[Result[T]], object]) -> int:
         """Remove every registration of ``fn`` not yet run; return how many were removed."""
         with self._lock:
-            callbacks = self._callbacks
-            if not callbacks:
-                return 0
-            kept = [entry for entry in callbacks if entry[0] != fn]
+            callbacks = list(self._callbacks or ())
+        # Compare outside the lock: == is user code (an __eq__ may even call back into the handle).
+        doomed = {id(entry) for entry in callbacks if entry[0] == fn}
+        if not doomed:
+            return 0
+        with self._lock:
+            current = self._callbacks
+            if not current:
+                return 0  # they ran meanwhile
+            kept = [entry for entry in current if id(entry) not in doomed]
             self._callbacks = kept
-            return len(callbacks) - len(kept)
+            return len(current) - len(kept)
 
     def _dispatch(self, fn: Callable[[Result[T]], object], loop: asyncio.AbstractEventLoop | None) -> None:
         if loop is None or _get_running_loop() is loop:
@@ -704,10 +712,7 @@ class Result(cf.Future[T]):
         undo = block_hook() if block_hook is not None else None
         woken = False
         try:
-            if isinstance(loop, asyncio.AbstractEventLoop):
-                woken = self._acquire_watching(waiter.lock, timeout, loop)
-            else:
-                woken = waiter.lock.acquire() if timeout is None else waiter.lock.acquire(True, timeout)
+            woken = self._acquire(waiter.lock, timeout, loop)
         finally:
             if undo is not None:
                 undo()
@@ -719,21 +724,26 @@ class Result(cf.Future[T]):
         # A completion that landed after the timeout but before the withdrawal wins.
         return self._st in _TERMINAL
 
-    def _acquire_watching(
-        self, lock: threading.Lock, timeout: float | None, loop: asyncio.AbstractEventLoop
-    ) -> bool:
-        """Acquire ``lock``, checking every :data:`LOOP_WATCH` s that the work's loop still exists.
+    def _acquire(self, lock: threading.Lock, timeout: float | None, loop: Any) -> bool:
+        """Acquire ``lock`` (released when the handle ends) within ``timeout``; True if acquired.
 
-        A loop closed by hand (not by ``asyncio.run``, which cancels its tasks first) runs no more
-        callbacks: the outcome of a future it finished but never reported is rescued, and a future
-        it will never finish fails with an error saying why, instead of blocking for ever.
+        Waits in short slices where one long wait could go wrong: in the main thread (a Ctrl-C
+        that lands just as the wait begins is otherwise noticed only when it ends) and for work of an
+        asyncio loop (a loop closed by hand runs no more callbacks: the outcome of a future it
+        finished but never reported is rescued, and one it will never finish fails with an error
+        saying why, instead of blocking for ever).
         """
+        watched = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+        on_main = threading.current_thread() is threading.main_thread()
+        if watched is None and not on_main:
+            return lock.acquire() if timeout is None else lock.acquire(True, timeout)
+        step = SIGNAL_SLICE if on_main else LOOP_WATCH
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            step = LOOP_WATCH if deadline is None else min(LOOP_WATCH, deadline - time.monotonic())
-            if lock.acquire(True, max(step, 0.0)):
+            wait = step if deadline is None else min(step, deadline - time.monotonic())
+            if lock.acquire(True, max(wait, 0.0)):
                 return True
-            if loop.is_closed() and self._st not in _TERMINAL:
+            if watched is not None and watched.is_closed() and self._st not in _TERMINAL:
                 self._rescue_from_closed_loop()
             if self._st in _TERMINAL or (deadline is not None and time.monotonic() >= deadline):
                 return False
@@ -796,14 +806,20 @@ class Result(cf.Future[T]):
             raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
         if not propagate and self._st is not SUCCESS:
             return self._value  # type: ignore[no-any-return]
-        return self._outcome()
+        try:
+            return self._outcome()
+        finally:
+            del self  # the raised error's traceback holds this frame: it must not hold the handle
 
     def result(self, timeout: float | None = None) -> T:
         """``concurrent.futures.Future.result``: :meth:`get` with ``propagate=True``."""
         timeout = check_timeout(timeout)
         if not self._block(timeout, "result"):
             raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
-        return self._outcome()
+        try:
+            return self._outcome()
+        finally:
+            del self  # as in get()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """``concurrent.futures.Future.exception``: the work's exception, or None if it succeeded.
@@ -828,13 +844,14 @@ class Result(cf.Future[T]):
         st = self._st
         if st is SUCCESS:
             return self._value  # type: ignore[no-any-return]
-        exc = self._value
+        exc, tb = self._value, self._tb
+        del self  # this frame ends up in the raised error's traceback: it must not hold the handle
         try:
             if st is REVOKED:
                 raise _revoked(cf.CancelledError, exc)
-            raise exc.with_traceback(self._tb)  # the original frames, not those of earlier raises
+            raise exc.with_traceback(tb)  # the original frames, not those of earlier raises
         finally:
-            del exc  # break the frame -> traceback -> exception cycle
+            del exc, tb  # break the frame -> traceback -> exception cycle
 
     # -- awaiting ---------------------------------------------------------------------------------
 
@@ -872,13 +889,21 @@ class Result(cf.Future[T]):
                 yield from self._wait_async(True)
         if self._st is SUCCESS:
             return self._value  # type: ignore[no-any-return]
-        return self._outcome_async()
+        try:
+            return self._outcome_async()
+        finally:
+            del self  # this frame ends up in the raised error's traceback: it must not hold the handle
 
     def _outcome_async(self) -> T:
         if self._st is REVOKED:
             flavour = asyncio.CancelledError if _get_running_loop() is not None else cf.CancelledError
-            raise _revoked(flavour, self._value)
-        return self._outcome()
+            stored = self._value
+            del self  # as in _outcome()
+            raise _revoked(flavour, stored)
+        try:
+            return self._outcome()
+        finally:
+            del self
 
     def _wait_async(self, cancel_work: bool) -> Generator[Any, None, None]:
         self._sync()
@@ -1009,7 +1034,10 @@ class _Shielded(Generic[T_co]):
         h = self._handle
         if h._st not in _TERMINAL:
             yield from h._wait_async(False)
-        return h._outcome_async()
+        try:
+            return h._outcome_async()
+        finally:
+            del h, self  # as in Result.__await__
 
 
 def shield(handle: Result[T]) -> _Shielded[T]:

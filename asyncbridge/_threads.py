@@ -31,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _result
 from ._context import CURRENT, settle_failure
 from ._result import Result
+from ._signals import block_signals, unblock_signals
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,7 +49,8 @@ def _run_item(h: Result[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwa
         value = fn(*args, **kwargs)
     except BaseException as exc:
         settle_failure(h, exc)
-        del exc  # break the frame -> traceback -> exception cycle
+        # This frame is in the error's traceback, which the handle keeps: drop the handle from it.
+        del h, exc
     else:
         if type(value) is CoroutineType:  # an async function was passed: it never ran
             value.close()
@@ -97,10 +99,20 @@ class _ThreadPool:
         ident = me.ident
         assert ident is not None
         self._local.worker = True
-        get, running = self._queue.get, self._running
+        queue, running = self._queue, self._running
+        masked = False  # Ctrl-C blocked while idle, never while user code runs: see _signals
         try:
             while True:
-                item = get()
+                if queue.empty():
+                    if not masked:
+                        block_signals()
+                        masked = True
+                    item = queue.get()
+                else:
+                    item = queue.get()
+                if masked:
+                    unblock_signals()
+                    masked = False
                 if item is None:
                     return
                 h, ctx, fn, args, kwargs = item
@@ -162,8 +174,11 @@ class _ThreadPool:
             t.join(max(0.0, deadline - time.monotonic()))
 
     def _after_fork_in_child(self) -> None:
-        old = self._queue
+        old, running = self._queue, list(self._running.values())
         self._reset()
+        gone = RuntimeError("the process forked while this work ran; it runs in the parent only")
+        for h in running:  # their threads do not exist in the child
+            h._set_exception(gone)
         lost = RuntimeError("the process forked while this work was queued; it runs in the parent only")
         while True:
             try:

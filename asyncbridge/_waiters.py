@@ -9,7 +9,6 @@ the outcome: the woken caller reads the outcome from the handle.
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -93,9 +92,9 @@ def check_timeout(timeout: float | None) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__qualname__}")
-    if math.isnan(timeout) or timeout < 0:
+    if timeout != timeout or timeout < 0:  # NaN, without float(): a huge int is still a number
         raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return min(float(timeout), threading.TIMEOUT_MAX)
+    return float(min(timeout, threading.TIMEOUT_MAX))  # an int too big for a float is clamped first
 
 
 def park(

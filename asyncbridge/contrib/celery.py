@@ -45,6 +45,7 @@ from celery.result import AsyncResult, GroupResult, ResultSet, task_join_will_bl
 
 from .._errors import RemoteTraceback, TimeLimitExceeded
 from .._result import Result
+from .._signals import block_signals
 from .._state import _TERMINAL, PENDING, PROGRESS, RETRY, REVOKED, STARTED
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ class _Listener:
                 LOGGER.exception("could not apply the Celery state of task %s to %r", task_id, h)
 
     def _run(self) -> None:
+        block_signals()  # it runs no user code: Ctrl-C is the main thread's
         while True:
             try:
                 if self._push:

@@ -146,7 +146,11 @@ def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Resu
     """
     check_coroutine(coro, "spawn")
     h: Result[T] = Result()
-    h._time_limit = check_time_limit(timeout)
+    try:
+        h._time_limit = check_time_limit(timeout)
+    except ValueError:
+        coro.close()  # it must not run, nor warn "never awaited" over the real message
+        raise
     h._label = f"coroutine {getattr(coro, '__qualname__', '?')}()"
     start_coroutine(h, coro)
     return h
@@ -174,7 +178,7 @@ def check_time_limit(timeout: object) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, or None; not {timeout!r}")
-    return float(timeout)
+    return float(min(timeout, threading.TIMEOUT_MAX))  # clamped first: a huge int is still valid
 
 
 def _start(

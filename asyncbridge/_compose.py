@@ -18,6 +18,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._asyncio import BACKGROUND, spawn
+from ._errors import close_coroutines
 from ._result import Result, shield
 from ._state import FAILURE, REVOKED, SUCCESS
 from ._threads import run_in_thread
@@ -39,15 +40,34 @@ async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-def _as_handle(obj: Any, caller: str) -> Result[Any]:
-    """A handle for one member: wrap() what it knows, spawn any other awaitable."""
+def _as_handle(obj: Any) -> Result[Any]:
+    """A handle for one member (checked by _members): wrap() what it knows, spawn other awaitables."""
     if isinstance(obj, Result | asyncio.Future | cf.Future) or inspect.iscoroutine(obj):
         return wrap(obj)
-    if inspect.isawaitable(obj):
-        return spawn(_await(obj))
-    raise TypeError(
-        f"{caller}() takes handles, futures, coroutines or awaitables, not {type(obj).__qualname__}"
-    )
+    return spawn(_await(obj))
+
+
+def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
+    """The members given, checked before any is started: on bad input nothing runs, and every
+    coroutine given is closed. ``unique``: drop duplicates (cf.wait takes a set)."""
+    try:
+        members = list(objs)
+    except TypeError:
+        close_coroutines(objs)
+        raise TypeError(f"{caller}() takes an iterable of handles, not {type(objs).__qualname__}") from None
+    for m in members:
+        if not (isinstance(m, Result | asyncio.Future | cf.Future) or inspect.isawaitable(m)):
+            close_coroutines(*members)
+            raise TypeError(
+                f"{caller}() takes handles, futures, coroutines or awaitables, not {type(m).__qualname__}"
+            )
+    if unique:
+        try:
+            members = list(dict.fromkeys(members))
+        except TypeError as exc:
+            close_coroutines(*members)
+            raise TypeError(f"{caller}() needs hashable members: {exc}") from None
+    return members
 
 
 def _outcome_of(h: Result[Any]) -> BaseException | None:
@@ -91,7 +111,7 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[list[Any]]:
       each one's value or exception (a ``concurrent.futures.CancelledError`` for a revoked one).
     - Cancelling the gather cancels every member that has not finished.
     """
-    handles = [_as_handle(m, "gather") for m in members]
+    handles = [_as_handle(m) for m in _members(members, "gather")]
     out: Result[list[Any]] = Result()
     out._label = f"gather of {len(handles)}"
     out._set_started()
@@ -136,13 +156,18 @@ def wait(
     if none fails, when all are done) or ``ALL_COMPLETED``. ``await`` it or ``.get()`` it. It never
     cancels the members; cancelling it only stops the waiting.
     """
+    originals = _members(handles, "wait", unique=True)  # cf.wait takes a set: duplicates count once
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
+        close_coroutines(*originals)
         raise ValueError(
             f"return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, not {return_when!r}"
         )
-    limit = check_timeout(timeout)
-    originals = list(dict.fromkeys(handles))  # cf.wait takes a set: duplicates count once
-    pairs = [(o, _as_handle(o, "wait")) for o in originals]
+    try:
+        limit = check_timeout(timeout)
+    except (TypeError, ValueError):
+        close_coroutines(*originals)
+        raise
+    pairs = [(o, _as_handle(o)) for o in originals]
     out: Result[tuple[set[Any], set[Any]]] = Result()
     out._label = f"wait for {len(pairs)}"
     out._set_started()
@@ -194,7 +219,7 @@ def race(*members: Any) -> Result[Any]:
     """
     if not members:
         raise ValueError("race() needs at least one member")
-    handles = [_as_handle(m, "race") for m in members]
+    handles = [_as_handle(m) for m in _members(members, "race")]
     out: Result[Any] = Result()
     out._label = f"race of {len(handles)}"
     out._set_started()
@@ -239,9 +264,13 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
     """
 
     def __init__(self, handles: Iterable[T], timeout: float | None = None) -> None:
-        self._limit = check_timeout(timeout)
+        originals = _members(handles, "as_completed", unique=True)
+        try:
+            self._limit = check_timeout(timeout)
+        except (TypeError, ValueError):
+            close_coroutines(*originals)
+            raise
         self._deadline = None if self._limit is None else time.monotonic() + self._limit
-        originals = list(dict.fromkeys(handles))
         self._left = len(originals)
         self._lock = threading.Lock()
         self._ready: collections.deque[Any] = collections.deque()
@@ -253,7 +282,7 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
         # Members hold this iterator only weakly: one abandoned mid-way is freed, not fed for ever.
         push = self._push_ref = _WeakPush(self)
         for original in originals:
-            h = _as_handle(original, "as_completed")
+            h = _as_handle(original)
             if h is not original and isinstance(original, cf.Future | asyncio.Future):
                 self._given[h] = original
             self._unfinished.add(h)
@@ -377,6 +406,7 @@ class _AsyncAsCompleted(Generic[T]):
 def then(source: Result[T], fn: Callable[[T], U] | Callable[[T], Coroutine[Any, Any, U]]) -> Result[U]:
     """A handle for ``fn(value)`` once ``source`` succeeds: see :meth:`Result.then`."""
     if not callable(fn):
+        close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
         raise TypeError(f"then() needs a callable, not {type(fn).__qualname__}")
     out: Result[U] = Result()
     out._label = f"then {getattr(fn, '__qualname__', '?')}()"

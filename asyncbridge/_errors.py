@@ -27,6 +27,7 @@ Everything else is a standard exception, chosen so that existing ``except`` clau
 from __future__ import annotations
 
 import asyncio
+from types import CoroutineType
 
 
 class Cancelled(asyncio.CancelledError):
@@ -85,3 +86,15 @@ class TimeLimitExceeded(TimeoutError):
     with it once the work has stopped: raised by ``checkpoint()`` in thread and process work,
     after the worker was terminated for process work that did not check, by cancelling a coroutine.
     """
+
+
+def close_coroutines(*objs: object) -> None:
+    """Close every coroutine object among ``objs``.
+
+    Called before raising for bad input: a coroutine passed where it does not belong would
+    otherwise also make Python warn "coroutine ... was never awaited", which (under warnings as
+    errors) buries the real message, and it must not run either.
+    """
+    for obj in objs:
+        if isinstance(obj, CoroutineType):
+            obj.close()

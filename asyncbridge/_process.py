@@ -48,7 +48,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._context import CURRENT
-from ._errors import Cancelled, RemoteTraceback, TimeLimitExceeded, WorkerCrashed
+from ._errors import Cancelled, RemoteTraceback, TimeLimitExceeded, WorkerCrashed, close_coroutines
 from ._result import LOGGER, Result
 from ._signals import block_signals, unblock_signals
 
@@ -203,9 +203,11 @@ class _Worker:
 
 
 def _pick_start_method(start_method: str | None) -> multiprocessing.context.BaseContext:
+    available = multiprocessing.get_all_start_methods()
     if start_method is None:
-        available = multiprocessing.get_all_start_methods()
         start_method = "forkserver" if "forkserver" in available else "spawn"
+    elif not isinstance(start_method, str) or start_method not in available:
+        raise ValueError(f"start_method must be one of {available} on this platform, not {start_method!r}")
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(["asyncbridge._process"])
@@ -275,7 +277,7 @@ class ProcessPool(cf.Executor):
             or not cancel_grace >= 0
         ):
             raise ValueError(f"cancel_grace must be a number of seconds >= 0, not {cancel_grace!r}")
-        self._grace = float(cancel_grace)
+        self._grace = float(min(cancel_grace, threading.TIMEOUT_MAX))  # clamp: a huge int is still valid
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -303,6 +305,7 @@ class ProcessPool(cf.Executor):
             RuntimeError: the pool is shut down.
         """
         if not callable(fn):
+            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
             raise TypeError(f"run_in_process() needs a callable, not {type(fn).__qualname__}")
         try:
             payload = pickle.dumps((fn, args, kwargs))

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator
     from types import TracebackType
 
+from ._errors import close_coroutines
 from ._state import (
     _CF_STATE,
     _MOVES,
@@ -534,6 +535,7 @@ class Result(cf.Future[T]):
         logged to the ``asyncbridge`` logger and the work goes on.
         """
         if not callable(fn):
+            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
             raise TypeError(f"on_progress() needs a callable, not {type(fn).__qualname__}")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
@@ -642,6 +644,7 @@ class Result(cf.Future[T]):
         the other callbacks still run.
         """
         if not callable(fn):
+            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
             raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__qualname__}")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
@@ -1047,5 +1050,8 @@ def shield(handle: Result[T]) -> _Shielded[T]:
     only that await stops and the work goes on for every other waiter.
     """
     if not isinstance(handle, Result):
-        raise TypeError(f"shield() needs an asyncbridge Result, not {type(handle).__qualname__}")
+        close_coroutines(handle)  # type: ignore[unreachable]  # untyped callers do get here
+        raise TypeError(
+            f"shield() needs an asyncbridge Result, not {type(handle).__qualname__}; wrap() it first"
+        )
     return _Shielded(handle)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._asyncio import BACKGROUND, check_time_limit, start_coroutine
+from ._errors import close_coroutines
 from ._process import ProcessPool, _unpicklable, shared_pool
 from ._result import Result
 from ._state import FAILURE, PENDING, PROGRESS, RETRY, REVOKED, STARTED, SUCCESS
@@ -83,8 +84,13 @@ class Retry:
             raise TypeError(f"Retry(on=) must be an exception class or a tuple of them, not {self.on!r}")
 
     def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before attempt number ``attempt`` (2 or more)."""
-        return float(self.backoff * 2 ** (attempt - 2))
+        """Seconds to wait before attempt number ``attempt`` (2 or more), at most ``TIMEOUT_MAX``."""
+        if not self.backoff:
+            return 0.0
+        doublings = attempt - 2
+        if doublings >= 64:  # past any useful delay; and 2.0 ** 1100 would overflow
+            return threading.TIMEOUT_MAX
+        return float(min(self.backoff * 2**doublings, threading.TIMEOUT_MAX))
 
 
 class _TaskBase(Generic[P, T]):
@@ -249,6 +255,7 @@ def task(
         if isinstance(f, _TaskBase):
             f = f.fn
         if not callable(f):
+            close_coroutines(f)
             raise TypeError(f"task() needs a function, not {type(f).__qualname__}")
         name = getattr(f, "__qualname__", repr(f))
         if inspect.iscoroutinefunction(f):

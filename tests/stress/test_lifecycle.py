@@ -605,7 +605,9 @@ SIGINT_IN_GET = """
         elif kind == "coroutine":
             h = ab.spawn(until(gate))
         else:
-            h = ab.wrap(ex.submit(lambda i=i: (release.wait(30), i)[1]))
+            started = threading.Event()
+            h = ab.wrap(ex.submit(lambda i=i: (started.set(), release.wait(30), i)[2]))
+            started.wait(30)  # running, so its handle says STARTED (the executor starts it on its own time)
         _result.block_hook = hook
         try:
             h.get(timeout=30)

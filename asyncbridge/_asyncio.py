@@ -227,6 +227,8 @@ _TASKS: dict[asyncio.Future[None], Result[Any]] = {}
 
 def _after_run(h: Result[Any], coro: Coroutine[Any, Any, Any], task: asyncio.Future[None]) -> None:
     _TASKS.pop(task, None)
+    if not _TASKS:
+        _TASKS.clear()  # an emptied dict keeps its peak-size table; clear() gives it back
     # A task cancelled before its first step never entered _run: close the coroutine and say so.
     coro.close()
     if task.cancelled():

@@ -185,6 +185,11 @@ def test_file_descriptors_back_to_baseline() -> None:
 # -- memory -------------------------------------------------------------------------------------------
 
 
+async def held_at(gate: cf.Future[None], value: int) -> int:
+    await asyncio.wrap_future(gate)
+    return value
+
+
 def memory_round(kind: str, n: int) -> None:
     """Create ``n`` handles of ``kind``, complete them, get() each; every value arrives."""
     hs: list[ab.Result[Any]]
@@ -201,7 +206,13 @@ def memory_round(kind: str, n: int) -> None:
     elif kind == "thread":
         hs = [ab.run_in_thread(int, i) for i in range(n)]
     else:
-        hs = [ab.spawn(asyncio.sleep(0, i)) for i in range(n)]
+        # All n coroutines wait at one gate until every one is spawned, so each round has the same
+        # peak of live tasks: asyncio's containers (its task set, the loop's queues) keep the table
+        # of their largest size, which would otherwise vary with timing and read as growth.
+        gate: cf.Future[None] = cf.Future()
+        hs = [ab.spawn(held_at(gate, i)) for i in range(n)]
+        gate.set_result(None)
+        del gate
     lost = [(i, h.state) for i, h in enumerate(hs) if h.get(HANG) != i]
     assert not lost, f"{len(lost)} results lost, e.g. {lost[:3]}"
 

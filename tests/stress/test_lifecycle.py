@@ -605,7 +605,9 @@ SIGINT_IN_GET = """
         kind = ("thread", "coroutine", "future")[i % 3]
         release, gate = threading.Event(), cf.Future()
         if kind == "thread":
-            h = ab.run_in_thread(lambda i=i: (release.wait(30), ab.checkpoint(), i)[2])
+            started = threading.Event()
+            h = ab.run_in_thread(lambda i=i: (started.set(), release.wait(30), ab.checkpoint(), i)[3])
+            started.wait(30)  # running, so STARTED: the pool starts it on its own time
         elif kind == "coroutine":
             h = ab.spawn(until(gate))
         else:

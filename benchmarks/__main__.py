@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import (
     _report,
     cancel_latency,
+    celery_results,
     cf_await,
     compose,
     create_memory,
@@ -46,6 +47,7 @@ FAMILIES: dict[str, Family] = {
         process_hop,
         cancel_latency,
         compose,
+        celery_results,
     )
 }
 

@@ -48,10 +48,20 @@ def make_app(config: dict[str, object]) -> SimpleNamespace:
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        worker_lost_wait=1.0,  # how long the pool waits for a result from a child that died
     )
     plain = {
         name: app.task(name=f"abtest.{name}")(getattr(celery_work, name))
-        for name in ("add", "fail", "rendezvous", "report_and_wait", "sleep_for", "get_inside_a_task", "pid")
+        for name in (
+            "add",
+            "fail",
+            "rendezvous",
+            "report_and_wait",
+            "report_pid_and_wait",
+            "sleep_for",
+            "get_inside_a_task",
+            "pid",
+        )
     }
     # The same functions through ab.task(engine=app): registered at import, in this process and in
     # the worker alike (a worker runs only the tasks its app registered).

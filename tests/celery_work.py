@@ -67,3 +67,9 @@ def checks_until_cancelled() -> str:
         ab.checkpoint()  # raises once cancelled (a Celery task is killed by the revoke instead)
         time.sleep(0.005)
     return "never cancelled"
+
+
+def report_pid_and_wait(fifo: str) -> str:
+    """Report the pid of the process running the task, then wait on ``fifo``."""
+    ab.report_progress(pid=os.getpid())
+    return rendezvous(fifo)

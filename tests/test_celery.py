@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import gc
 import os
 import pathlib
+import signal
 import threading
 import uuid
 import weakref
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 from celery import Celery, chain, group
+from billiard.exceptions import WorkerLostError
 from celery.exceptions import TaskRevokedError
 
 import asyncbridge as ab
@@ -122,6 +124,17 @@ async def test_a_task_revoked_elsewhere_wakes_every_awaiter(
     expected = "CancelledError"
     assert outcomes == [expected] * 3
     assert h.state is ab.State.REVOKED
+
+
+def test_a_worker_child_killed_mid_task_fails_the_handle(celery_worker: Any, tmp_path: pathlib.Path) -> None:
+    fifo = make_fifo(tmp_path)
+    h = ab.wrap(celery_worker.report_pid_and_wait.delay(fifo))
+    wait_for_progress(h)
+    os.kill(h.info["pid"], signal.SIGKILL)  # the prefork child running it dies
+    exc = h.exception(timeout=30)
+    assert isinstance(exc, WorkerLostError) and "SIGKILL" in str(exc)
+    assert h.state is ab.State.FAILURE
+    assert ab.wrap(celery_worker.add.delay(2, 2)).get(timeout=30) == 4  # the pool replaced the child
 
 
 def test_async_result_by_id_for_a_task_sent_elsewhere(celery_worker: Any) -> None:

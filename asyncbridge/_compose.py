@@ -42,9 +42,13 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 def _as_handle(obj: Any) -> Result[Any]:
     """A handle for one member (checked by _members): wrap() what it knows, spawn other awaitables."""
-    if isinstance(obj, Result | asyncio.Future | cf.Future) or inspect.iscoroutine(obj):
-        return wrap(obj)
-    return spawn(_await(obj))
+    if (
+        inspect.isawaitable(obj)
+        and not isinstance(obj, Result | asyncio.Future)
+        and not inspect.iscoroutine(obj)
+    ):
+        return spawn(_await(obj))
+    return wrap(obj)
 
 
 def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
@@ -56,10 +60,15 @@ def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
         close_coroutines(objs)
         raise TypeError(f"{caller}() takes an iterable of handles, not {type(objs).__qualname__}") from None
     for m in members:
-        if not (isinstance(m, Result | asyncio.Future | cf.Future) or inspect.isawaitable(m)):
+        if not (
+            isinstance(m, Result | asyncio.Future | cf.Future)
+            or inspect.isawaitable(m)
+            or type(m).__module__.startswith("celery.")  # a Celery result: wrap() knows it
+        ):
             close_coroutines(*members)
             raise TypeError(
-                f"{caller}() takes handles, futures, coroutines or awaitables, not {type(m).__qualname__}"
+                f"{caller}() takes handles, futures, coroutines, awaitables or Celery results, "
+                f"not {type(m).__qualname__}"
             )
     if unique:
         try:

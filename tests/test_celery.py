@@ -18,8 +18,8 @@ from typing import Any
 
 import anyio
 import pytest
-from celery import Celery, chain, group
 from billiard.exceptions import WorkerLostError
+from celery import Celery, chain, group
 from celery.exceptions import TaskRevokedError
 
 import asyncbridge as ab
@@ -234,3 +234,10 @@ def test_a_celery_time_limit_is_time_limit_exceeded(celery_worker: Any) -> None:
 def test_celery_retries_keep_one_handle(celery_worker: Any, tmp_path: pathlib.Path) -> None:
     h = celery_worker.flaky.delay(str(tmp_path / "count"), 2)
     assert h.get(timeout=30) == "succeeded on attempt 3"
+
+
+def test_composition_takes_celery_results_as_they_are(celery_worker: Any) -> None:
+    results = [celery_worker.add.delay(i, i) for i in range(4)]
+    assert ab.gather(*results).get(timeout=30) == [0, 2, 4, 6]
+    done, pending = ab.wait(results, timeout=30).get(timeout=60)
+    assert done == set(results) and not pending

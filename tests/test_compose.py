@@ -86,7 +86,8 @@ def test_cancelling_a_gather_cancels_its_members() -> None:
 
 def test_gather_rejects_what_is_not_work() -> None:
     with pytest.raises(
-        TypeError, match="gather\\(\\) takes handles, futures, coroutines or awaitables, not int"
+        TypeError,
+        match="gather\\(\\) takes handles, futures, coroutines, awaitables or Celery results, not int",
     ):
         ab.gather(1)
 

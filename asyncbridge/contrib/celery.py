@@ -136,6 +136,7 @@ class _Listener:
         self._thread: threading.Thread | None = None
         self._push = isinstance(self._backend, RedisBackend)
         self._wake_channel = f"asyncbridge-wake-{id(self):x}"
+        self._woken = False  # a wake-up is on its way: later watches need not send another
         self._event = threading.Event()  # polling: wakes the poller early when work arrives
 
     def watch(self, h: Result[Any], task_id: str) -> None:
@@ -152,8 +153,11 @@ class _Listener:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="asyncbridge-celery", daemon=True)
                 self._thread.start()
+            nudge = not self._woken
+            self._woken = True
         h._pin = self._keep
-        self._nudge()
+        if nudge:  # one wake-up per batch of new watches, not one per watch
+            self._nudge()
 
     def _keep(self, h: Result[Any]) -> None:
         with self._lock:
@@ -223,6 +227,7 @@ class _Listener:
             with self._lock:
                 ids = list(self._pending)
                 self._new.clear()
+                self._woken = False
             for task_id in ids:
                 self._deliver(task_id, backend.get_task_meta(task_id, cache=False))
             self._event.wait(POLL_INTERVAL)
@@ -237,15 +242,19 @@ class _Listener:
             while not self._idle():
                 with self._lock:
                     new, self._new = self._new, []
+                    self._woken = False
                     gone = subscribed - self._pending.keys()
                 if gone:
                     pubsub.unsubscribe(*(backend.get_key_for_task(t) for t in gone))
                     subscribed -= gone
                 if new:
-                    pubsub.subscribe(*(backend.get_key_for_task(t) for t in new))
+                    keys = [backend.get_key_for_task(t) for t in new]
+                    pubsub.subscribe(*keys)
                     subscribed.update(new)
-                    for task_id in new:  # stored before we subscribed? read it once
-                        self._deliver(task_id, backend.get_task_meta(task_id, cache=False))
+                    # Stored before we subscribed? Read them once, in one round trip.
+                    for task_id, stored in zip(new, backend.mget(keys), strict=True):
+                        if stored is not None:
+                            self._deliver(task_id, backend.decode_result(stored))
                 message = pubsub.get_message(timeout=1.0)
                 while message is not None:
                     channel = message["channel"]
@@ -322,7 +331,7 @@ def wrap_celery(obj: Any) -> Result[Any]:
         raise TypeError(f"wrap() cannot wrap a Celery {type(obj).__qualname__}")
     _check_backend(obj.app, f"task {obj.id}")
     last: Result[Any] = Result()
-    bind(last, obj.id, obj.app, getattr(obj, "name", None))
+    bind(last, obj.id, obj.app)  # not obj.name: a property that reads the backend
     parents = list(_parents(obj))
     if not parents:
         return last

@@ -364,14 +364,14 @@ def assert_shares(seen: Counter[str], n: int, share: float = MIN_SHARE) -> None:
 
 # The two outcomes (REVOKED, completed) must each reach MIN_SHARE (issue #4). Which side of a
 # completed run lost the race (cancel refused, or accepted too late) depends on the machine's
-# load far more: measured 5-38% here, and lower with other work on the cores. Each sub-outcome
-# must be seen in at least SUB_SHARE of the runs, enough to prove that interleaving is exercised.
-SUB_SHARE = 0.01
+# load far more: measured 5-38% on an idle 2-core machine, 0.3% with a second test suite on the
+# cores. Each sub-outcome must be seen SUB_MIN_COUNT times, to prove that interleaving is exercised.
+SUB_MIN_COUNT = 10
 
 
-def assert_share_of(seen: Counter[str], key: str, n: int, share: float = SUB_SHARE) -> None:
-    """A sub-outcome the oracle must see often enough to mean something."""
-    assert seen[key] >= share * n, (key, dict(seen), share)
+def assert_share_of(seen: Counter[str], key: str, n: int) -> None:
+    """A sub-outcome the oracle must see, out of ``n`` runs, to mean something."""
+    assert seen[key] >= min(SUB_MIN_COUNT, n), (key, dict(seen), n)
 
 
 class Trial:

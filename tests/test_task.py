@@ -8,7 +8,6 @@ import asyncio
 import concurrent.futures as cf
 import pathlib
 import threading
-import time
 from typing import Any
 
 import anyio
@@ -211,9 +210,14 @@ async def test_an_async_task_retries(tmp_path: pathlib.Path) -> None:
 
 
 def test_cancel_reaches_the_running_attempt() -> None:
-    h = ab.task(retry=ab.Retry(attempts=5))(workers.checks_forever).delay()
-    while h.state is ab.State.PENDING:  # hang guard below; the pool starts it at once
-        time.sleep(0.001)
+    started = threading.Event()
+
+    def work() -> None:
+        started.set()
+        workers.checks_forever()
+
+    h = ab.task(retry=ab.Retry(attempts=5))(work).delay()
+    assert started.wait(30)
     assert h.cancel()
     with pytest.raises(cf.CancelledError):
         h.get(30)

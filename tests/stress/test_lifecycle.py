@@ -591,7 +591,8 @@ SIGINT_IN_GET = """
             blocked.clear()
             print("ready", flush=True)
 
-    async def until(gate):
+    async def until(gate, started):
+        started.set()
         return await asyncio.wrap_future(gate)
 
     threading.Thread(target=announce, daemon=True).start()
@@ -609,7 +610,9 @@ SIGINT_IN_GET = """
             h = ab.run_in_thread(lambda i=i: (started.set(), release.wait(30), ab.checkpoint(), i)[3])
             started.wait(30)  # running, so STARTED: the pool starts it on its own time
         elif kind == "coroutine":
-            h = ab.spawn(until(gate))
+            started = threading.Event()
+            h = ab.spawn(until(gate, started))
+            started.wait(30)  # running, so STARTED (the background loop starts it on its own time)
         else:
             started = threading.Event()
             h = ab.wrap(ex.submit(lambda i=i: (started.set(), release.wait(30), i)[2]))
@@ -653,8 +656,9 @@ SIGINT_IN_ASYNCIO_RUN = """
 
     for i in range(int(sys.argv[1])):
         kind = ("await", "shield")[i % 2]
-        release = threading.Event()
-        h = ab.run_in_thread(lambda i=i: (release.wait(30), ab.checkpoint(), i)[2])
+        release, started = threading.Event(), threading.Event()
+        h = ab.run_in_thread(lambda i=i: (started.set(), release.wait(30), ab.checkpoint(), i)[3])
+        started.wait(30)  # running, so STARTED when the interrupt comes (the pool starts it on its own time)
 
         async def main():
             print("ready", flush=True)

@@ -13,6 +13,7 @@ import pathlib
 from types import SimpleNamespace
 
 import celery_work
+import workers
 from celery import Celery
 
 import asyncbridge as ab
@@ -76,7 +77,8 @@ def make_app(config: dict[str, object]) -> SimpleNamespace:
         square=engine_tasks["add"],
         progress=engine_tasks["report_and_wait"],
         limited=ab.task(engine=app, timeout=0.5)(celery_work.sleep_for),
-        flaky=ab.task(engine=app, retry=ab.Retry(attempts=3))(celery_work.fail_until),
+        # the same flaky work as the thread and process tests
+        flaky=ab.task(engine=app, retry=ab.Retry(attempts=3))(workers.fail_times),
     )
 
 

@@ -45,16 +45,6 @@ def get_inside_a_task(task_id: str) -> Any:
     return ab.AsyncResult(task_id, app=current_app).get(timeout=10)
 
 
-def fail_until(counter: str, failures: int) -> str:
-    with open(counter, "a+") as f:
-        f.seek(0)
-        calls = len(f.read()) + 1
-        f.write("x")
-    if calls <= failures:
-        raise ValueError(f"attempt {calls} failed")
-    return f"succeeded on attempt {calls}"
-
-
 def pid() -> int:
     return os.getpid()
 

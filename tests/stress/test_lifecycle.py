@@ -15,25 +15,23 @@ import concurrent.futures as cf
 import gc
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import traceback
-import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import trio
+from children import Child, fork_child  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 
 import asyncbridge as ab
@@ -506,51 +504,6 @@ def test_executor_shut_down_under_load(how: str, quiet: None) -> None:
 # -- 3. KeyboardInterrupt -------------------------------------------------------------------------------
 
 
-class Child:
-    """A child interpreter running ``code``; its stdout is read line by line with a hang guard."""
-
-    def __init__(self, code: str, *args: str, stderr: Path) -> None:
-        self._err = stderr.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-W", "default", "-c", textwrap.dedent(code), *args],
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-        )
-        assert self.proc.stdout is not None
-        self._fd = self.proc.stdout.fileno()
-        self._buf = b""
-        self.stderr_path = stderr
-
-    def line(self, guard: float = HANG) -> str:
-        deadline = time.monotonic() + guard
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self._fd], [], [], max(left, 0))
-            if not ready:
-                raise AssertionError(f"the child printed nothing for {guard} s; so far: {self._buf!r}")
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                raise AssertionError(f"the child closed stdout; rest: {self._buf!r}")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode()
-
-    def finish(self) -> tuple[int, str]:
-        rc = self.proc.wait(HANG)
-        return rc, self.stderr_path.read_text()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # a failed or hung child is never left behind
-        self.proc.wait()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self._err.close()
-
-
 def sigint_each_ready(child: Child, iterations: int) -> tuple[list[str], float]:
     """Send SIGINT each time the child prints ``ready``; return its other lines and the slowest
     interval between a SIGINT and the child's ``caught`` line."""
@@ -729,52 +682,6 @@ def test_keyboard_interrupt_raised_in_work_fails_only_that_handle(kind: str, qui
 
 
 # -- 4. fork --------------------------------------------------------------------------------------------
-
-
-def fork_child(body: Callable[[], str]) -> str:
-    """Fork; the child runs ``body`` and writes its report to a pipe, then ``os._exit``s (0 if the
-    body returned). The parent reads the report with a hang guard and checks the exit status."""
-    r, w = os.pipe()
-    with warnings.catch_warnings():
-        # 3.12+: "This process is multi-threaded, use of fork() may lead to deadlocks in the child."
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            os.close(r)
-            try:
-                report = body()
-                code = 0
-            except BaseException:
-                report = traceback.format_exc()
-            os.write(w, report.encode())
-            os.close(w)
-        finally:
-            os._exit(code)
-    os.close(w)
-    data = b""
-    deadline = time.monotonic() + HANG
-    try:
-        while True:
-            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                raise AssertionError(f"forked child {pid} hangs; so far: {data!r}")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(r)
-        if not data.startswith(b"ok"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _, status = os.waitpid(pid, 0)
-    report = data.decode()
-    assert os.waitstatus_to_exitcode(status) == 0, report
-    return report
 
 
 def test_fork_child_uses_the_api() -> None:

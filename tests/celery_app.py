@@ -62,6 +62,8 @@ def make_app(config: dict[str, object]) -> SimpleNamespace:
             "sleep_for",
             "get_inside_a_task",
             "pid",
+            "reported_then_read",
+            "gated_add",
         )
     }
     # The same functions through ab.task(engine=app): registered at import, in this process and in

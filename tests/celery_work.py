@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from typing import Any
 
@@ -63,3 +64,28 @@ def report_pid_and_wait(fifo: str) -> str:
     """Report the pid of the process running the task, then wait on ``fifo``."""
     ab.report_progress(pid=os.getpid())
     return rendezvous(fifo)
+
+
+def reported_then_read(fifo: str) -> str:
+    """Open the named pipe ``fifo`` for reading, then report progress, then wait for a writer's text:
+    once the test sees the report, a non-blocking writer finds the reader there (or the task was
+    killed), so a race against a revoke needs no sleep."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        ab.report_progress(pid=os.getpid())
+        select.select([fd], [], [])  # on Linux a FIFO no writer ever opened is not readable
+        return os.read(fd, 1024).decode()
+    finally:
+        os.close(fd)
+
+
+def gated_add(x: int, y: int, gate: str) -> int:
+    """``x + y``, once a token arrives on the Redis list ``gate`` (the worker's ABTEST_REDIS_URL)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["ABTEST_REDIS_URL"])
+    try:
+        client.blpop([gate])
+    finally:
+        client.close()
+    return x + y

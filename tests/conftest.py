@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from oracle import audit, quiet_library  # noqa: F401  # the reliability fixtures, for every test module
+from oracle import audit, quiet, quiet_library  # noqa: F401  # the reliability fixtures, for every test module
 
 #: ASYNCBRIDGE_SOAK=1 multiplies every stress count by this.
 SOAK = 50 if os.environ.get("ASYNCBRIDGE_SOAK") else 1

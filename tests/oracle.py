@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import logging
 import random
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from asyncbridge._result import Result
 S = ab.State
 TERMINAL = frozenset({S.SUCCESS, S.FAILURE, S.REVOKED})
 HANG = 10.0  # a hang guard only: it fires on a bug, never decides an outcome
+TERMINAL_WITHIN = 5.0  # the issue's bound: every handle terminal within 5 s
 
 # The forward moves, from the guide's table (GUIDE.md 1.2), kept apart from the library's own table;
 # RETRY -> FAILURE (a retry that can no longer run) is forward too.
@@ -99,11 +102,14 @@ class Staircase:
     outcome, so it finds the crossover fast and follows it when the machine's load changes.
     """
 
-    def __init__(self, step: int = 512, floor: int = 16, jitter: int = 64) -> None:
-        self.skew = 0
+    def __init__(
+        self, step: int = 512, floor: int = 16, jitter: int = 64, limit: int = 200_000, start: int = 0
+    ) -> None:
+        self.skew = start
         self.step = step
         self.floor = floor
         self.jitter = jitter
+        self.limit = limit
         self.last: bool | None = None
         self.run = 0
 
@@ -121,7 +127,7 @@ class Staircase:
             self.run = 0
         self.last = cancel_won
         self.skew += self.step if cancel_won else -self.step
-        self.skew = max(-200_000, min(200_000, self.skew))
+        self.skew = max(-self.limit, min(self.limit, self.skew))
 
 
 class Calls:
@@ -238,3 +244,58 @@ class AwaitBatch:
 
 def same(a: Outcome, b: Outcome) -> bool:
     return a[0] == b[0] and a[1] is b[1]
+
+
+@pytest.fixture
+def quiet(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """The test must not log (any logger, WARNING and up) nor write to stderr."""
+    caplog.set_level(logging.WARNING)
+    yield
+    records = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+    out, err = capfd.readouterr()
+    sys.stdout.write(out)  # the counts the test printed stay in the report
+    assert not records, records
+    assert err == "", err
+
+
+def settled(h: ab.Result[Any], within: float = TERMINAL_WITHIN) -> tuple[S, object]:
+    """Wait (``within`` s) for ``h``, check that every reading API agrees, return (state, outcome)."""
+    # h.wait(), then cf.wait on the terminal handle: cf.wait on a pending wrapped cf.Future that has
+    # started running deadlocks (test_races.py::test_cf_wait_on_wrapped_running_cf_future_does_not_deadlock)
+    assert h.wait(within), f"{h!r} not terminal within {within} s"
+    assert cf.wait([h], timeout=0).done == {h}
+    st = h.state
+    assert st in (S.SUCCESS, S.FAILURE, S.REVOKED), st
+    assert h.done() and h.ready() and not h.running()
+    assert h.cancelled() == (st is S.REVOKED)
+    assert h.successful() == (st is S.SUCCESS)
+    assert h.failed() == (st is S.FAILURE)
+    got = h.get(timeout=0, propagate=False)
+    if st is S.SUCCESS:
+        assert h.result(timeout=0) is got and h.exception(timeout=0) is None and h.info is got
+    elif st is S.FAILURE:
+        assert isinstance(got, BaseException) and h.exception(timeout=0) is got and h.info is got
+    else:
+        assert isinstance(got, cf.CancelledError), repr(got)
+        with pytest.raises(cf.CancelledError):
+            h.result(timeout=0)
+    return st, got
+
+
+class Arrivals:
+    """Counts coroutines arriving at a point; ``all_in`` is set when the last one arrives."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.all_in = asyncio.Event()
+
+    def arrive(self) -> None:
+        self.count += 1
+        if self.count == self.expected:
+            self.all_in.set()
+
+
+async def await_handle(h: ab.Result[Any], shielded: bool, arrivals: Arrivals) -> Any:
+    arrivals.arrive()  # the await below registers its waiter in this same step
+    return await (ab.shield(h) if shielded else h)

@@ -192,6 +192,49 @@ def test_bad_ids_and_apps_are_clear_errors(celery_worker: Any) -> None:
         ab.Result(app=celery_worker.app)
 
 
+@pytest.mark.parametrize("follow", ["SUCCESS", "FAILURE"])
+def test_a_result_that_lands_after_a_kill_wins_over_its_revoked(
+    celery_worker: Any, monkeypatch: pytest.MonkeyPatch, follow: str
+) -> None:
+    """Celery stores REVOKED ("terminated") as it kills a running task; a child that had already
+    finished then stores its own outcome over it. The handle waits for that outcome (the value was
+    produced: it must not be lost) instead of ending REVOKED on the first write."""
+    from asyncbridge.contrib import celery as contrib
+
+    monkeypatch.setattr(contrib, "REVOKED_SETTLE", 60.0)  # the outcome surely lands within the wait
+    backend = celery_worker.app.backend
+    h = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    ended = threading.Event()
+    h.add_done_callback(lambda _h: ended.set())
+    backend.mark_as_revoked(h.id, "terminated")
+    assert not ended.wait(0.3), h  # several polls: the REVOKED alone does not end the handle
+    if follow == "SUCCESS":
+        backend.store_result(h.id, 42, "SUCCESS")
+        assert h.get(timeout=30) == 42
+    else:
+        backend.store_result(h.id, ValueError("late"), "FAILURE")
+        with pytest.raises(ValueError, match="late"):
+            h.get(timeout=30)
+
+
+def test_a_revoked_stands_once_settled_or_when_the_task_never_ran(
+    celery_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncbridge.contrib import celery as contrib
+
+    monkeypatch.setattr(contrib, "REVOKED_SETTLE", 0.05)
+    backend = celery_worker.app.backend
+    killed = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    never_ran = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    backend.mark_as_revoked(killed.id, "terminated")
+    backend.mark_as_revoked(never_ran.id, "revoked")
+    for h in (killed, never_ran):
+        with pytest.raises(cf.CancelledError):
+            h.get(timeout=30)
+        assert h.state is ab.State.REVOKED
+        assert isinstance(h.get(propagate=False).__cause__, TaskRevokedError)
+
+
 def test_many_awaited_results_share_one_listener_thread(celery_worker: Any) -> None:
     before = threading.active_count()
     handles: list[ab.Result[Any]] = [

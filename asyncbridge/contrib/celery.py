@@ -20,7 +20,13 @@ cancellation errors, with Celery's ``TaskRevokedError`` as their ``__cause__``).
 
 ``handle.cancel()`` revokes the task with ``terminate=True``: a prefork worker kills the child
 running it (other pools cannot terminate: the task then runs to its end, and the handle says how it
-ended). Celery's own rule holds for ``get()`` inside a running task (``RuntimeError``, unless the
+ended). Celery stores REVOKED as it sends the kill; a child that finished just before the signal then
+stores its own outcome over it. So a REVOKED marked "terminated" becomes final only after
+:data:`REVOKED_SETTLE` seconds without a later outcome: a value the task produced is never lost to
+the race (measured: revoke against completion, every outcome matched the backend's last word).
+
+In a process forked while handles are pending, a new listener thread picks them up (the tasks run
+in the cluster, not in the parent); at interpreter exit the daemon listener simply stops. Celery's own rule holds for ``get()`` inside a running task (``RuntimeError``, unless the
 task allows it with ``celery.result.allow_join_result()``).
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import threading
 import time
 import weakref
@@ -59,6 +66,14 @@ POLL_INTERVAL = 0.05
 SWEEP_INTERVAL = 1.0
 #: Seconds between reconnection attempts when the result backend is unreachable.
 RECONNECT_DELAY = 0.5
+#: Seconds a REVOKED stored for a task killed while running waits for the task's own result.
+REVOKED_SETTLE = 0.25
+
+
+def _killed_while_running(meta: dict[str, Any]) -> bool:
+    """A REVOKED the worker stored as it killed a running task ("terminated"), as opposed to one it
+    stored for a task it never started ("revoked", "expired")."""
+    return str(meta.get("result")) == "terminated"
 
 
 class _CeleryGuard:
@@ -138,6 +153,7 @@ class _Listener:
         self._wake_channel = f"asyncbridge-wake-{id(self):x}"
         self._woken = False  # a wake-up is on its way: later watches need not send another
         self._event = threading.Event()  # polling: wakes the poller early when work arrives
+        self._settling: dict[str, float] = {}  # task id -> when its REVOKED becomes final
 
     def watch(self, h: Result[Any], task_id: str) -> None:
         """Track ``h`` until it ends. Held weakly, as Celery holds its own pending results: a handle
@@ -151,13 +167,29 @@ class _Listener:
             else:
                 refs.append(weakref.ref(h))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="asyncbridge-celery", daemon=True)
-                self._thread.start()
+                self._start()
             nudge = not self._woken
             self._woken = True
         h._pin = self._keep
         if nudge:  # one wake-up per batch of new watches, not one per watch
             self._nudge()
+
+    def _start(self) -> None:
+        """Start the thread; the caller holds the lock."""
+        self._thread = threading.Thread(target=self._run, name="asyncbridge-celery", daemon=True)
+        self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        # The thread does not exist in the child, and its lock may have been held at the fork. The
+        # tasks do go on (in the cluster), so the child's copies of pending handles are still told:
+        # a new thread subscribes to (or polls) every pending id again, and reads each once.
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._woken = False
+        self._thread = None
+        self._new = list(self._pending)
+        if self._pending:
+            self._start()
 
     def _keep(self, h: Result[Any]) -> None:
         with self._lock:
@@ -183,6 +215,16 @@ class _Listener:
             LOGGER.debug("could not wake the Celery listener", exc_info=True)
 
     def _deliver(self, task_id: str, meta: dict[str, Any]) -> None:
+        status = meta.get("status")
+        if status in states.READY_STATES:
+            with self._lock:
+                if status == states.REVOKED and _killed_while_running(meta):
+                    # The worker stores this REVOKED when it sends the kill, before the child's own
+                    # result may land (Celery then overwrites it with SUCCESS): wait for that.
+                    due = self._settling.setdefault(task_id, time.monotonic() + REVOKED_SETTLE)
+                    if time.monotonic() < due:
+                        return
+                self._settling.pop(task_id, None)
         with self._lock:
             handles = [h for r in self._pending.get(task_id, ()) if (h := r()) is not None]
         for h in handles:
@@ -190,6 +232,17 @@ class _Listener:
                 apply_meta(h, meta)
             except Exception:
                 LOGGER.exception("could not apply the Celery state of task %s to %r", task_id, h)
+
+    def _settle_due(self) -> float:
+        """Read again each task whose REVOKED has settled, and deliver what the backend now holds;
+        the seconds until the next one is due (at most 1)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [task_id for task_id, at in self._settling.items() if at <= now]
+            wait = min((at - now for at in self._settling.values() if at > now), default=1.0)
+        for task_id in due:
+            self._deliver(task_id, self._backend.get_task_meta(task_id, cache=False))
+        return min(wait, 1.0)
 
     def _run(self) -> None:
         block_signals()  # it runs no user code: Ctrl-C is the main thread's
@@ -230,6 +283,7 @@ class _Listener:
                 self._woken = False
             for task_id in ids:
                 self._deliver(task_id, backend.get_task_meta(task_id, cache=False))
+            self._settle_due()
             self._event.wait(POLL_INTERVAL)
             self._event.clear()
 
@@ -255,7 +309,7 @@ class _Listener:
                     for task_id, stored in zip(new, backend.mget(keys), strict=True):
                         if stored is not None:
                             self._deliver(task_id, backend.decode_result(stored))
-                message = pubsub.get_message(timeout=1.0)
+                message = pubsub.get_message(timeout=self._settle_due())
                 while message is not None:
                     channel = message["channel"]
                     if isinstance(channel, bytes):
@@ -270,6 +324,17 @@ class _Listener:
 
 _LISTENERS: weakref.WeakKeyDictionary[Celery, _Listener] = weakref.WeakKeyDictionary()
 _LISTENERS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _LISTENERS_LOCK
+    _LISTENERS_LOCK = threading.Lock()
+    for listener in list(_LISTENERS.values()):
+        listener._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def listener_for(app: Celery) -> _Listener:

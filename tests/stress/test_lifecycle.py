@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import gc
-import logging
 import os
 import signal
 import subprocess
@@ -33,6 +32,7 @@ import pytest
 import trio
 from children import Child, fork_child  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
+from oracle import Arrivals, await_handle, settled  # type: ignore[import-not-found, unused-ignore]
 
 import asyncbridge as ab
 
@@ -74,18 +74,6 @@ def module_leaks() -> Iterator[None]:
     assert me.num_fds() == fds, f"file descriptors: {fds} before the module, {me.num_fds()} after"
 
 
-@pytest.fixture
-def quiet(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    """The test must not log (any logger, WARNING and up) nor write to stderr."""
-    caplog.set_level(logging.WARNING)
-    yield
-    records = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
-    out, err = capfd.readouterr()
-    sys.stdout.write(out)  # the counts the test printed stay in the report
-    assert not records, records
-    assert err == "", err
-
-
 class Callbacks:
     """Counts done-callback calls per handle; waits (hang guard) until each ran."""
 
@@ -107,30 +95,6 @@ class Callbacks:
         with self._cond:
             assert self._cond.wait_for(lambda: sum(self.calls.values()) >= self.added, HANG)
         assert all(self.calls[id(h)] == 1 for h in handles), "a callback did not run exactly once"
-
-
-def settled(h: ab.Result[Any], within: float = TERMINAL_WITHIN) -> tuple[S, object]:
-    """Wait (``within`` s) for ``h``, check that every reading API agrees, return (state, outcome)."""
-    # h.wait(), then cf.wait on the terminal handle: cf.wait on a pending wrapped cf.Future that has
-    # started running deadlocks (test_races.py::test_cf_wait_on_wrapped_running_cf_future_does_not_deadlock)
-    assert h.wait(within), f"{h!r} not terminal within {within} s"
-    assert cf.wait([h], timeout=0).done == {h}
-    st = h.state
-    assert st in (S.SUCCESS, S.FAILURE, S.REVOKED), st
-    assert h.done() and h.ready() and not h.running()
-    assert h.cancelled() == (st is S.REVOKED)
-    assert h.successful() == (st is S.SUCCESS)
-    assert h.failed() == (st is S.FAILURE)
-    got = h.get(timeout=0, propagate=False)
-    if st is S.SUCCESS:
-        assert h.result(timeout=0) is got and h.exception(timeout=0) is None and h.info is got
-    elif st is S.FAILURE:
-        assert isinstance(got, BaseException) and h.exception(timeout=0) is got and h.info is got
-    else:
-        assert isinstance(got, cf.CancelledError), repr(got)
-        with pytest.raises(cf.CancelledError):
-            h.result(timeout=0)
-    return st, got
 
 
 async def forever() -> None:
@@ -349,25 +313,6 @@ class PendingWork:
                 gate.set_result(v)
             except cf.InvalidStateError:
                 assert gate.cancelled()  # asyncio.wrap_future cancels it with its awaiting task
-
-
-class Arrivals:
-    """Counts coroutines arriving at a point; ``all_in`` is set when the last one arrives."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.count = 0
-        self.all_in = asyncio.Event()
-
-    def arrive(self) -> None:
-        self.count += 1
-        if self.count == self.expected:
-            self.all_in.set()
-
-
-async def await_handle(h: ab.Result[Any], shielded: bool, arrivals: Arrivals) -> Any:
-    arrivals.arrive()  # the await below registers its waiter in this same step
-    return await (ab.shield(h) if shielded else h)
 
 
 def test_awaiting_loop_closed_with_waiters_registered(quiet: None) -> None:

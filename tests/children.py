@@ -108,3 +108,21 @@ def fork_child(body: Callable[[], str]) -> str:
     report = data.decode()
     assert os.waitstatus_to_exitcode(status) == 0, report
     return report
+
+
+def sigint_each_ready(child: Child, iterations: int) -> tuple[list[str], float]:
+    """Send SIGINT each time the child prints ``ready``; return its other lines and the slowest
+    interval between a SIGINT and the child's ``caught`` line."""
+    lines: list[str] = []
+    slowest = 0.0
+    for i in range(iterations):
+        try:
+            assert (ready := child.line()) == "ready", ready
+            sent = time.monotonic()
+            os.kill(child.proc.pid, signal.SIGINT)
+            caught = child.line(HANG)  # a hang guard; the 0.5 s bound is checked below
+            slowest = max(slowest, time.monotonic() - sent)
+            lines += [caught, child.line()]
+        except AssertionError as exc:
+            raise AssertionError(f"iteration {i}: {exc}; lines before: {lines[-4:]}") from None
+    return lines, slowest

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +24,7 @@ import asyncbridge as ab
 from asyncbridge._result import Result
 
 S = ab.State
+T = TypeVar("T")
 TERMINAL = frozenset({S.SUCCESS, S.FAILURE, S.REVOKED})
 HANG = 10.0  # a hang guard only: it fires on a bug, never decides an outcome
 TERMINAL_WITHIN = 5.0  # the issue's bound: every handle terminal within 5 s
@@ -139,6 +140,12 @@ class Calls:
         self.seen: list[tuple[str, S]] = []
         self.expected = expected
         self.ran = threading.Event()
+
+    def watch(self, h: ab.Result[T]) -> ab.Result[T]:
+        """Add the three callbacks to ``h``; return it."""
+        for callback in (self.first, self.second, self.third)[: self.expected]:
+            h.add_done_callback(callback)
+        return h
 
     def _record(self, tag: str, h: ab.Result[Any]) -> None:
         self.seen.append((tag, h.state))

@@ -203,7 +203,7 @@ def test_a_result_that_lands_after_a_kill_wins_over_its_revoked(
 
     monkeypatch.setattr(contrib, "REVOKED_SETTLE", 60.0)  # the outcome surely lands within the wait
     backend = celery_worker.app.backend
-    h = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    h: ab.Result[Any] = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
     ended = threading.Event()
     h.add_done_callback(lambda _h: ended.set())
     backend.mark_as_revoked(h.id, "terminated")
@@ -224,8 +224,8 @@ def test_a_revoked_stands_once_settled_or_when_the_task_never_ran(
 
     monkeypatch.setattr(contrib, "REVOKED_SETTLE", 0.05)
     backend = celery_worker.app.backend
-    killed = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
-    never_ran = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    killed: ab.Result[Any] = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
+    never_ran: ab.Result[Any] = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
     backend.mark_as_revoked(killed.id, "terminated")
     backend.mark_as_revoked(never_ran.id, "revoked")
     for h in (killed, never_ran):

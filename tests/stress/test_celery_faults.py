@@ -10,30 +10,42 @@ multiplies them, and every test prints what it ran.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import os
 import pathlib
+import queue
+import signal
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
+import redis
+from billiard.exceptions import WorkerLostError
 from celery.result import AsyncResult
 from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 from oracle import (  # type: ignore[import-not-found, unused-ignore]
     HANG,
+    Arrivals,
     AwaitBatch,
     Calls,
     S,
     Staircase,
+    await_handle,
     read_sync,
+    settled,
 )
 from test_celery import make_fifo, wait_for_progress
 
 import asyncbridge as ab
+from asyncbridge.contrib.celery import listener_for
 
 pytestmark = pytest.mark.stress
 
@@ -41,6 +53,7 @@ RecordProperty = Callable[[str, object], None]
 
 RUNNING_RACES = 30 * SOAK  # each REVOKED one kills a worker child; the pool takes up to 5 s to replace it
 QUEUED_RACES = 60 * SOAK
+LISTENER_LAG = 0.5  # a handle learns what the backend stored within this (pub/sub: milliseconds)
 MIN_SHARE = 0.20  # each outcome (REVOKED, SUCCESS) in at least this share of a variant's runs
 
 
@@ -135,14 +148,12 @@ def test_revoke_races_the_end_of_a_running_task(
             h = ab.wrap(tasks.reported_then_read.delay(fifo))
             wait_for_progress(h)  # running, with its pipe open for reading
             calls = Calls(3)
-            for callback in (calls.first, calls.second, calls.third):
-                h.add_done_callback(callback)
+            calls.watch(h)
             accepted: list[bool] = []
-            skew = stairs.next()
             written: list[bool] = []
             race(
-                lambda: accepted.append(h.cancel()),
-                lambda: written.append(write_nowait(fifo, "done")),
+                partial(lambda h, out: out.append(h.cancel()), h, accepted),
+                partial(lambda fifo, out: out.append(write_nowait(fifo, "done")), fifo, written),
                 stairs.next(),
             )
             st = check_race(h, calls, tasks.app, batch)
@@ -161,6 +172,17 @@ def test_revoke_races_the_end_of_a_running_task(
     assert_shares(seen_total, RUNNING_RACES)
 
 
+def send_add(tasks: Any, i: int, calls: Calls, sent: queue.SimpleQueue[ab.Result[int]]) -> None:
+    h = ab.wrap(tasks.add.delay(i, 1))
+    sent.put(calls.watch(h))
+
+
+def cancel_first(sent: queue.SimpleQueue[ab.Result[int]]) -> None:
+    h = sent.get(timeout=HANG)
+    sent.put(h)
+    h.cancel()
+
+
 def test_revoke_races_the_start_of_a_queued_task(
     redis_celery: Any, audit: list[str], record_property: RecordProperty
 ) -> None:
@@ -173,24 +195,10 @@ def test_revoke_races_the_start_of_a_queued_task(
     batch = AwaitBatch(size=20)
     try:
         for i in range(QUEUED_RACES):
-            sent: list[ab.Result[int]] = []
-            ready = threading.Event()
+            sent: queue.SimpleQueue[ab.Result[int]] = queue.SimpleQueue()
             calls = Calls(3)
-            skew = stairs.next()
-
-            def send(i: int = i) -> None:
-                h = ab.wrap(tasks.add.delay(i, 1))
-                for callback in (calls.first, calls.second, calls.third):
-                    h.add_done_callback(callback)
-                sent.append(h)
-                ready.set()
-
-            def cancel() -> None:
-                assert ready.wait(HANG)
-                sent[0].cancel()
-
-            race(cancel, send, skew)
-            h = sent[0]
+            race(partial(cancel_first, sent), partial(send_add, tasks, i, calls, sent), stairs.next())
+            h = sent.get(timeout=HANG)
             st = check_race(h, calls, tasks.app, batch)
             if st is S.SUCCESS:
                 assert h.get() == i + 1
@@ -202,3 +210,142 @@ def test_revoke_races_the_start_of_a_queued_task(
         batch.close()
     report(record_property, "celery_queued", QUEUED_RACES, seen)
     assert_shares(seen, QUEUED_RACES)
+
+
+# -- faults: a worker child killed, raising callbacks ---------------------------------------------
+
+KILLS = 5 * SOAK  # each costs Celery's worker_lost_wait (1 s here) and a new child
+CALLBACK_HANDLES = 100 * SOAK
+
+
+def test_a_worker_child_sigkilled_mid_task_fails_only_its_handle(
+    redis_celery: Any, tmp_path: pathlib.Path, audit: list[str]
+) -> None:
+    """SIGKILL to the prefork child once it reported it runs the task (an event): the handle ends
+    FAILURE with Celery's WorkerLostError naming the signal, as soon as the worker stores it (the
+    worker itself takes worker_lost_wait, and at times a few seconds more, to notice); the next task
+    runs."""
+    tasks = redis_celery
+    slowest = lag = 0.0
+    for i in range(KILLS):
+        fifo = make_fifo(tmp_path)
+        h = ab.wrap(tasks.reported_then_read.delay(fifo))
+        wait_for_progress(h)
+        ended: list[datetime] = []
+        h.add_done_callback(lambda _h, ended=ended: ended.append(datetime.now(UTC)))
+        killed = time.monotonic()
+        os.kill(h.info["pid"], signal.SIGKILL)
+        exc = h.exception(timeout=HANG)
+        slowest = max(slowest, time.monotonic() - killed)
+        assert h.state is S.FAILURE and isinstance(exc, WorkerLostError), (h.state, exc)
+        assert "SIGKILL" in str(exc), exc
+        stored = AsyncResult(h.id, app=tasks.app).date_done
+        assert isinstance(stored, datetime) and ended, (stored, ended)
+        lag = max(lag, (ended[0] - stored.replace(tzinfo=stored.tzinfo or UTC)).total_seconds())
+        assert ab.wrap(tasks.add.delay(i, i)).get(timeout=HANG) == 2 * i
+    print(
+        f"\ncelery SIGKILL: {KILLS} children killed; FAILURE within {slowest:.2f} s of the kill, "
+        f"at most {lag * 1000:.0f} ms after the worker stored it"
+    )
+    assert lag < LISTENER_LAG
+
+
+def test_raising_callbacks_leave_the_listener_serving(
+    redis_celery: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery handles whose middle callback raises (Exception, then SystemExit): the other callbacks
+    run for every handle, each raise is logged once, and the listener thread that ran them is still
+    the one serving afterwards (a pending handle keeps it busy throughout)."""
+    tasks = redis_celery
+    gate = f"gate-{uuid.uuid4().hex}"
+    keeper = ab.wrap(tasks.gated_add.delay(0, 0, f"{gate}-keeper"))  # pending until the end
+    listener = listener_for(tasks.app)
+    thread = listener._thread
+    assert thread is not None and thread.is_alive()
+    handles = [ab.wrap(tasks.gated_add.delay(i, 1, gate)) for i in range(CALLBACK_HANDLES)]
+    ran: Counter[str] = Counter()
+    where: set[str] = set()
+    all_ran = threading.Semaphore(0)
+
+    def outer(h: ab.Result[Any]) -> None:
+        ran["outer"] += 1
+        where.add(threading.current_thread().name)
+        all_ran.release()
+
+    def raising(h: ab.Result[Any]) -> None:
+        ran["raising"] += 1
+        if h.get() % 2:
+            raise SystemExit("from a callback")
+        raise ValueError("from a callback")
+
+    for h in handles:
+        h.add_done_callback(outer)
+        h.add_done_callback(raising)
+        h.add_done_callback(outer)
+    with caplog.at_level(logging.ERROR, logger="asyncbridge"):
+        client = redis.Redis.from_url(tasks.app.conf.result_backend)
+        client.rpush(gate, *range(CALLBACK_HANDLES))
+        for _ in range(2 * CALLBACK_HANDLES):
+            assert all_ran.acquire(timeout=HANG), ran
+        assert [h.get(timeout=HANG) for h in handles] == [i + 1 for i in range(CALLBACK_HANDLES)]
+        assert listener._thread is thread and thread.is_alive()
+        client.rpush(f"{gate}-keeper", 1)
+        assert keeper.get(timeout=HANG) == 0
+        client.close()
+    records = [r for r in caplog.records if r.name == "asyncbridge" and "callback" in r.getMessage()]
+    print(f"\ncelery raising callbacks: {CALLBACK_HANDLES} handles: {dict(ran)}; {len(records)} records")
+    assert ran == {"outer": 2 * CALLBACK_HANDLES, "raising": CALLBACK_HANDLES}
+    assert where == {"asyncbridge-celery"}, where
+    assert len(records) == CALLBACK_HANDLES
+
+
+# -- shutdown: the awaiting loop goes away, Ctrl-C, interpreter exit, fork -------------------------
+
+PER_RUN = 12
+
+
+async def abandon(handles: list[ab.Result[Any]], modes: list[str]) -> None:
+    awaited = [(h, mode == "shielded") for h, mode in zip(handles, modes, strict=True) if mode != "unawaited"]
+    arrivals = Arrivals(len(awaited))
+    for h, shielded in awaited:
+        asyncio.get_running_loop().create_task(await_handle(h, shielded, arrivals))
+    await arrivals.all_in.wait()  # then return: asyncio.run cancels the awaiters
+
+
+def test_asyncio_run_exits_with_celery_handles_pending(redis_celery: Any, quiet: None) -> None:
+    """``asyncio.run`` returns while Celery handles are awaited (plain or shielded) or not: the
+    abandoned plain awaits revoke their tasks (the documented default), the others run on; every
+    handle ends (REVOKED, or SUCCESS with its value), nothing is logged, no "Event loop is closed"."""
+    tasks = redis_celery
+    seen: Counter[str] = Counter()
+    gate = f"gate-{uuid.uuid4().hex}"
+    handles = [ab.wrap(tasks.gated_add.delay(i, 1, gate)) for i in range(PER_RUN)]
+    modes = [("unawaited", "awaited", "shielded")[i % 3] for i in range(PER_RUN)]
+    asyncio.run(abandon(handles, modes))
+    client = redis.Redis.from_url(tasks.app.conf.result_backend)
+    client.rpush(gate, *range(PER_RUN))
+    client.close()
+    for i, (h, mode) in enumerate(zip(handles, modes, strict=True)):
+        st, got = settled(h, HANG)
+        assert (st, got) == (S.SUCCESS, i + 1) if mode != "awaited" else st is S.REVOKED, (mode, st, got)
+        seen[f"{mode} {st}"] += 1
+    print(f"\nasyncio.run exits with {PER_RUN} Celery handles pending: {dict(seen)}")
+
+
+def test_awaiting_loop_closed_with_celery_waiters(redis_celery: Any, quiet: None) -> None:
+    """A loop whose tasks await Celery handles is closed with every waiter registered: the handles
+    still end, and get() reads every value."""
+    tasks = redis_celery
+    gate = f"gate-{uuid.uuid4().hex}"
+    handles = [ab.wrap(tasks.gated_add.delay(i, 1, gate)) for i in range(PER_RUN)]
+    loop = asyncio.new_event_loop()
+    arrivals = Arrivals(PER_RUN)
+    waiters = [loop.create_task(await_handle(h, False, arrivals)) for h in handles]
+    loop.run_until_complete(arrivals.all_in.wait())
+    for t in waiters:
+        t._log_destroy_pending = False  # type: ignore[attr-defined]  # the test abandons them
+    loop.close()
+    client = redis.Redis.from_url(tasks.app.conf.result_backend)
+    client.rpush(gate, *range(PER_RUN))
+    client.close()
+    assert [settled(h, HANG) for h in handles] == [(S.SUCCESS, i + 1) for i in range(PER_RUN)]

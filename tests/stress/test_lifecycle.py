@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures as cf
 import gc
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import trio
-from children import Child, fork_child  # type: ignore[import-not-found, unused-ignore]
+from children import Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 from oracle import Arrivals, await_handle, settled  # type: ignore[import-not-found, unused-ignore]
 
@@ -447,24 +446,6 @@ def test_executor_shut_down_under_load(how: str, quiet: None) -> None:
 
 
 # -- 3. KeyboardInterrupt -------------------------------------------------------------------------------
-
-
-def sigint_each_ready(child: Child, iterations: int) -> tuple[list[str], float]:
-    """Send SIGINT each time the child prints ``ready``; return its other lines and the slowest
-    interval between a SIGINT and the child's ``caught`` line."""
-    lines: list[str] = []
-    slowest = 0.0
-    for i in range(iterations):
-        try:
-            assert (ready := child.line()) == "ready", ready
-            sent = time.monotonic()
-            os.kill(child.proc.pid, signal.SIGINT)
-            caught = child.line(TERMINAL_WITHIN)  # a hang guard; the 0.5 s bound is checked below
-            slowest = max(slowest, time.monotonic() - sent)
-            lines += [caught, child.line()]
-        except AssertionError as exc:
-            raise AssertionError(f"iteration {i}: {exc}; lines before: {lines[-4:]}") from None
-    return lines, slowest
 
 
 SIGINT_IN_GET = """

@@ -12,27 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import pathlib
 import queue
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import redis
 from billiard.exceptions import WorkerLostError
 from celery.result import AsyncResult
-from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
+from children import Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
+from conftest import SOAK, TESTS_DIR  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 from oracle import (  # type: ignore[import-not-found, unused-ignore]
     HANG,
+    TERMINAL_WITHIN,
     Arrivals,
     AwaitBatch,
     Calls,
@@ -204,7 +212,7 @@ def test_revoke_races_the_start_of_a_queued_task(
                 assert h.get() == i + 1
             else:
                 assert st is S.REVOKED, (st, h.info)
-            seen[st] += 1
+            seen[str(st)] += 1
             stairs.update(cancel_won=st is S.REVOKED)
     finally:
         batch.close()
@@ -216,6 +224,10 @@ def test_revoke_races_the_start_of_a_queued_task(
 
 KILLS = 5 * SOAK  # each costs Celery's worker_lost_wait (1 s here) and a new child
 CALLBACK_HANDLES = 100 * SOAK
+
+
+def note_time(into: list[datetime], _h: ab.Result[Any]) -> None:
+    into.append(datetime.now(UTC))
 
 
 def test_a_worker_child_sigkilled_mid_task_fails_only_its_handle(
@@ -232,7 +244,7 @@ def test_a_worker_child_sigkilled_mid_task_fails_only_its_handle(
         h = ab.wrap(tasks.reported_then_read.delay(fifo))
         wait_for_progress(h)
         ended: list[datetime] = []
-        h.add_done_callback(lambda _h, ended=ended: ended.append(datetime.now(UTC)))
+        h.add_done_callback(partial(note_time, ended))
         killed = time.monotonic()
         os.kill(h.info["pid"], signal.SIGKILL)
         exc = h.exception(timeout=HANG)
@@ -349,3 +361,241 @@ def test_awaiting_loop_closed_with_celery_waiters(redis_celery: Any, quiet: None
     client.rpush(gate, *range(PER_RUN))
     client.close()
     assert [settled(h, HANG) for h in handles] == [(S.SUCCESS, i + 1) for i in range(PER_RUN)]
+
+
+SIGINT_ITERATIONS = 10 * SOAK
+SIGINT_WITHIN = 0.5  # the issue's bound: Ctrl-C surfaces within 0.5 s
+FORK_ITERATIONS = 10 * SOAK
+EXIT_WITHIN = 10.0  # the issue's bound: a child exits within 10 s
+
+CELERY_CHILD_PRELUDE = """
+    import asyncio, os, sys, threading, traceback
+    import redis
+    import celery_app
+    import asyncbridge as ab
+    from asyncbridge import _result
+
+    tasks = celery_app.tasks  # Redis, from ABTEST_REDIS_URL, or the file-system default
+    def say(line):
+        os.write(1, f"{line}\\n".encode())
+"""
+
+
+@pytest.fixture
+def child_env(redis_celery: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Child interpreters import the tests' Celery app, on the session's Redis; its URL."""
+    url = str(redis_celery.app.conf.result_backend)
+    monkeypatch.setenv("ABTEST_REDIS_URL", url)
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    return url
+
+
+SIGINT_IN_CELERY_GET = """
+    # The seam of test_lifecycle's SIGINT test: "ready" is printed once the main thread is blocked
+    # inside get(), so the SIGINT arrives there.
+    blocked = threading.Event()
+    original = _result.block_hook
+
+    def hook():
+        blocked.set()
+        return original() if original is not None else None
+
+    def announce():
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        while True:
+            blocked.wait()
+            blocked.clear()
+            say("ready")
+
+    threading.Thread(target=announce, daemon=True).start()
+    client = redis.Redis.from_url(os.environ["ABTEST_REDIS_URL"])
+    for i in range(int(sys.argv[1])):
+        gate = f"gate-{os.getpid()}-{i}"
+        h = ab.wrap(tasks.gated_add.delay(i, 1, gate))
+        _result.block_hook = hook
+        try:
+            h.get(timeout=30)
+            say("not interrupted")
+        except KeyboardInterrupt as e:
+            frames = [f.name for f in traceback.extract_tb(e.__traceback__)]
+            say(f"caught in-get={'get' in frames} done={h.done()}")
+        finally:
+            _result.block_hook = original
+        client.rpush(gate, 1)
+        say(f"final {h.get(timeout=30) == i + 1} {h.state}")
+"""
+
+
+def test_sigint_while_main_thread_waits_on_a_celery_handle(child_env: str, tmp_path: pathlib.Path) -> None:
+    """SIGINT while the main thread is in ``get()`` on a Celery handle: KeyboardInterrupt within 0.5 s,
+    the handle untouched (its task still runs), a later get() returns the value; clean exit."""
+    code = textwrap.dedent(CELERY_CHILD_PRELUDE) + textwrap.dedent(SIGINT_IN_CELERY_GET)
+    with Child(code, str(SIGINT_ITERATIONS), stderr=tmp_path / "err") as child:
+        lines, slowest = sigint_each_ready(child, SIGINT_ITERATIONS)
+        rc, err = child.finish()
+    assert lines == ["caught in-get=True done=False", "final True SUCCESS"] * SIGINT_ITERATIONS, lines
+    assert (rc, err) == (0, "")
+    print(f"\nSIGINT in a Celery get(): {SIGINT_ITERATIONS} interrupts, slowest {slowest * 1000:.1f} ms")
+    assert slowest < SIGINT_WITHIN
+
+
+def test_fork_child_uses_celery_and_keeps_pending_handles(redis_celery: Any) -> None:
+    """fork() while the listener thread serves a pending handle: the child sends and reads a new task
+    within 5 s, and its copy of the pending handle still ends (a new listener picks it up); so does
+    the parent's."""
+    tasks = redis_celery
+    client = redis.Redis.from_url(tasks.app.conf.result_backend)
+    slowest = 0.0
+    for i in range(FORK_ITERATIONS):
+        gate = f"gate-{uuid.uuid4().hex}"
+        pending = ab.wrap(tasks.gated_add.delay(i, 1, gate))
+        assert listener_for(tasks.app)._thread is not None
+
+        def body(i: int = i, gate: str = gate, pending: ab.Result[int] = pending) -> str:
+            t0 = time.monotonic()
+            assert ab.wrap(tasks.add.delay(i, 2)).get(timeout=TERMINAL_WITHIN) == i + 2
+            redis.Redis.from_url(tasks.app.conf.result_backend).rpush(gate, 1)
+            assert pending.get(timeout=TERMINAL_WITHIN) == i + 1
+            return f"ok {time.monotonic() - t0:.3f}"
+
+        report = fork_child(body)
+        slowest = max(slowest, float(report.split()[1]))
+        assert pending.get(timeout=HANG) == i + 1
+    client.close()
+    print(f"\nfork with Celery handles pending: {FORK_ITERATIONS} children, slowest {slowest * 1000:.0f} ms")
+    assert slowest < TERMINAL_WITHIN
+
+
+EXIT_VARIANTS = {
+    # name -> (script, expected stdout lines)
+    "redis-pending-with-callback": (
+        """
+        h = ab.wrap(tasks.gated_add.delay(1, 1, f"never-{os.getpid()}"))
+        h.add_done_callback(lambda h: say(f"callback {h.state}"))
+        say("main ends")
+        """,
+        ["main ends"],
+    ),
+    "redis-get-timed-out": (
+        """
+        h = ab.wrap(tasks.gated_add.delay(1, 1, f"never-{os.getpid()}"))
+        try:
+            h.get(timeout=0.1)
+        except TimeoutError:
+            say(f"timed out {h.state in ('PENDING', 'STARTED')}")
+        """,
+        ["timed out True"],
+    ),
+    "redis-awaited-by-asyncio-run": (
+        """
+        h = ab.wrap(tasks.gated_add.delay(1, 1, f"never-{os.getpid()}"))
+        async def main():
+            try:
+                await asyncio.wait_for(ab.shield(h), 0.1)
+            except TimeoutError:
+                say(f"wait_for timed out {h.state in ('PENDING', 'STARTED')}")
+        asyncio.run(main())
+        """,
+        ["wait_for timed out True"],
+    ),
+    "file-system-poller-pending": (
+        """
+        import uuid
+        from celery import Celery
+        app = celery_app.make_app(celery_app._config()).app
+        h = ab.AsyncResult(str(uuid.uuid4()), app=app)
+        h.add_done_callback(lambda h: say(f"callback {h.state}"))
+        say("main ends")
+        """,
+        ["main ends"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EXIT_VARIANTS))
+def test_interpreter_exit_with_celery_handles_pending(
+    name: str, child_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """A child interpreter exits with Celery handles pending (their tasks never end): within 10 s,
+    stderr clean, no callback run (the task goes on in the cluster; the handle is the process's)."""
+    code, expected = EXIT_VARIANTS[name]
+    if name.startswith("file-system"):
+        monkeypatch.delenv("ABTEST_REDIS_URL")
+        monkeypatch.setenv("ABTEST_DIR", str(tmp_path))
+    script = textwrap.dedent(CELERY_CHILD_PRELUDE) + textwrap.dedent(code)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=3 * EXIT_WITHIN,
+    )
+    elapsed = time.monotonic() - t0
+    print(f"\ncelery exit variant {name}: rc {proc.returncode} in {elapsed:.2f} s")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines() == expected
+    assert elapsed < EXIT_WITHIN
+
+
+DEADLOCK_ITERATIONS = 20 * SOAK
+
+
+def test_deadlock_guard_for_celery_handles(redis_celery: Any) -> None:
+    """Inside a running Celery task, ``get()`` follows Celery's rule: RuntimeError at once (the task
+    fails with it). On an event loop's thread, a Celery handle's ``get()`` completes: its task needs
+    no loop of this process (asyncbridge refuses only a get() that could never return)."""
+    tasks = redis_celery
+    for i in range(DEADLOCK_ITERATIONS):
+        inner = tasks.add.delay(i, 1)
+        exc = ab.wrap(tasks.get_inside_a_task.delay(inner.id)).exception(timeout=HANG)
+        assert isinstance(exc, RuntimeError) and "inside a running Celery task" in str(exc), exc
+
+    async def on_the_loop(h: ab.Result[int]) -> tuple[int, int]:
+        return h.get(timeout=HANG), await h
+
+    values = [asyncio.run(on_the_loop(ab.wrap(tasks.add.delay(i, 1)))) for i in range(DEADLOCK_ITERATIONS)]
+    assert values == [(i + 1, i + 1) for i in range(DEADLOCK_ITERATIONS)]
+    n = DEADLOCK_ITERATIONS
+    print(f"\ncelery deadlock guard: {n} refusals inside tasks, {n} gets on a loop thread")
+
+
+# -- leaks ------------------------------------------------------------------------------------------
+
+LEAK_ROUNDS = 3 * SOAK
+PER_ROUND = 200
+
+
+def listener_stopped(app: Any) -> bool:
+    """Wait (hang guard) until the app's listener thread has ended; it does once nothing is pending."""
+    thread = listener_for(app)._thread
+    if thread is not None:
+        thread.join(HANG)
+    return listener_for(app)._thread is None
+
+
+def test_celery_handles_leave_no_thread_fd_or_handle_behind(redis_celery: Any) -> None:
+    """Rounds of Celery handles, read or dropped unread: after each, the listener thread ends, the
+    process's file descriptors are back to their baseline (the pub/sub connection is closed), every
+    dropped handle is collected, and the listener holds no task id."""
+    tasks = redis_celery
+    me = psutil.Process()
+
+    def one_round(r: int) -> None:
+        kept = [ab.wrap(tasks.add.delay(i, r)) for i in range(PER_ROUND)]
+        dropped = [weakref.ref(ab.wrap(tasks.add.delay(i, r))) for i in range(PER_ROUND)]
+        assert [h.get(timeout=HANG) for h in kept] == [i + r for i in range(PER_ROUND)]
+        del kept
+        gc.collect()
+        alive = sum(ref() is not None for ref in dropped)
+        assert alive == 0, f"{alive} dropped handles still alive"
+        assert listener_stopped(tasks.app), "the listener thread did not end with nothing pending"
+        assert not listener_for(tasks.app)._pending
+        gc.collect()
+
+    one_round(-1)  # warm-up: the Redis client's connection pools reach their size
+    fds = me.num_fds()
+    for r in range(LEAK_ROUNDS):
+        one_round(r)
+        assert me.num_fds() == fds, (r, me.num_fds(), fds)
+    print(f"\ncelery leaks: {LEAK_ROUNDS} rounds x {2 * PER_ROUND} handles: fds {fds} -> {me.num_fds()}")

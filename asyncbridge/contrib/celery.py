@@ -26,8 +26,13 @@ stores its own outcome over it. So a REVOKED marked "terminated" becomes final o
 the race (measured: revoke against completion, every outcome matched the backend's last word).
 
 In a process forked while handles are pending, a new listener thread picks them up (the tasks run
-in the cluster, not in the parent); at interpreter exit the daemon listener simply stops. Celery's own rule holds for ``get()`` inside a running task (``RuntimeError``, unless the
-task allows it with ``celery.result.allow_join_result()``).
+in the cluster, not in the parent); at interpreter exit the daemon listener simply stops.
+
+Celery's own rule holds for ``get()`` inside a running task (``RuntimeError``, unless the task
+allows it with ``celery.result.allow_join_result()``). Bad input fails at the call: a task id the
+backend cannot key, an argument the app's serializer cannot encode (``TypeError`` naming it), a
+function the worker could not import (a lambda or nested function) given to ``@task(engine=app)``;
+an id that a working poller cannot read fails only its handle.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, states
 from celery.backends.base import DisabledBackend
+from celery.backends.filesystem import FilesystemBackend
 from celery.backends.redis import RedisBackend
 from celery.exceptions import (
     SoftTimeLimitExceeded,
@@ -49,6 +55,8 @@ from celery.exceptions import (
     TimeLimitExceeded as CeleryTimeLimitExceeded,
 )
 from celery.result import AsyncResult, GroupResult, ResultSet, task_join_will_block
+from kombu.exceptions import EncodeError
+from kombu.serialization import dumps
 
 from .._errors import RemoteTraceback, TimeLimitExceeded
 from .._result import Result
@@ -244,6 +252,14 @@ class _Listener:
             self._deliver(task_id, self._backend.get_task_meta(task_id, cache=False))
         return min(wait, 1.0)
 
+    def _fail(self, task_id: str, exc: Exception) -> None:
+        with self._lock:
+            handles = [h for r in self._pending.pop(task_id, ()) if (h := r()) is not None]
+        error = ValueError(f"the result backend cannot read the state of task {task_id!r}: {exc}")
+        error.__cause__ = exc
+        for h in handles:
+            h._set_exception(error)
+
     def _run(self) -> None:
         block_signals()  # it runs no user code: Ctrl-C is the main thread's
         while True:
@@ -281,8 +297,18 @@ class _Listener:
                 ids = list(self._pending)
                 self._new.clear()
                 self._woken = False
+            unreadable: list[tuple[str, Exception]] = []
             for task_id in ids:
-                self._deliver(task_id, backend.get_task_meta(task_id, cache=False))
+                try:
+                    meta = backend.get_task_meta(task_id, cache=False)
+                except Exception as error:
+                    unreadable.append((task_id, error))
+                else:
+                    self._deliver(task_id, meta)
+            if unreadable and len(unreadable) == len(ids):
+                raise unreadable[0][1]  # the backend is down: reconnect, read everything again
+            for task_id, problem in unreadable:  # the backend works, but not for these ids
+                self._fail(task_id, problem)
             self._settle_due()
             self._event.wait(POLL_INTERVAL)
             self._event.clear()
@@ -353,9 +379,22 @@ def _check_backend(app: Celery, what: str) -> None:
         )
 
 
+def _check_task_id(task_id: str, app: Celery) -> None:
+    if "\x00" in task_id:
+        raise ValueError(f"a task id cannot hold a NUL character: {task_id!r}")
+    if isinstance(app.backend, FilesystemBackend):
+        key = app.backend.get_key_for_task(task_id)
+        if "/" in task_id or len(key) > 255:
+            raise ValueError(
+                f"task id {task_id!r} cannot name a file of the file-system result backend of Celery app "
+                f"{app.main!r} (no '/', at most 255 bytes with its prefix)"
+            )
+
+
 def bind(h: Result[Any], task_id: str, app: Celery, name: str | None = None) -> None:
     """Make ``h`` the handle of the Celery task ``task_id`` of ``app``."""
     _check_backend(app, f"task {task_id}")
+    _check_task_id(task_id, app)
     h._id = task_id
     h._label = f"celery {name or 'task'}"
     h._loop = _GUARD
@@ -464,7 +503,14 @@ def register(spec: Any, app: Celery) -> Any:
     from .._context import CURRENT
 
     fn = spec.fn
-    options: dict[str, Any] = {"name": f"{fn.__module__}.{fn.__qualname__}", "bind": True}
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str) or "<" in qualname or getattr(fn, "__module__", None) is None:
+        raise TypeError(
+            f"a Celery task must be a module-level function the worker can import by name, not "
+            f"{qualname or type(fn).__qualname__!s} (a lambda, a nested function or a callable object "
+            "is known to this process only, and the worker would never run it)"
+        )
+    options: dict[str, Any] = {"name": f"{fn.__module__}.{qualname}", "bind": True}
     if spec.timeout is not None:
         options["soft_time_limit"] = spec.timeout
         options["time_limit"] = spec.timeout + 1.0
@@ -494,8 +540,29 @@ def register(spec: Any, app: Celery) -> Any:
 
 
 def send(celery_task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result[Any]:
-    """Send one call of a registered task; its handle."""
-    return wrap_celery(celery_task.apply_async(args, kwargs))
+    """Send one call of a registered task; its handle. An argument the app's serializer cannot
+    encode raises ``TypeError`` naming it, and nothing is sent."""
+    try:
+        sent = celery_task.apply_async(args, kwargs)
+    except EncodeError as exc:
+        raise TypeError(_unencodable(celery_task, args, kwargs, exc)) from exc
+    return wrap_celery(sent)
+
+
+def _unencodable(celery_task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
+    serializer = celery_task.serializer or celery_task.app.conf.task_serializer
+    named = [(f"argument {i}", v) for i, v in enumerate(args)] + [
+        (f"argument {k!r}", v) for k, v in kwargs.items()
+    ]
+    for name, value in named:
+        try:
+            dumps(value, serializer=serializer)  # type: ignore[no-untyped-call]
+        except Exception as err:
+            return (
+                f"{name} of Celery task {celery_task.name} ({type(value).__qualname__}) cannot be sent with "
+                f"the app's {serializer!r} serializer: {err}"
+            )
+    return f"the arguments of Celery task {celery_task.name} cannot be sent with {serializer!r}: {exc}"
 
 
 def is_celery_app(obj: object) -> bool:

@@ -38,6 +38,7 @@ from billiard.exceptions import WorkerLostError
 from celery.result import AsyncResult
 from children import Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK, TESTS_DIR  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
+from hypothesis import HealthCheck, given, settings, strategies as st
 from oracle import (  # type: ignore[import-not-found, unused-ignore]
     HANG,
     TERMINAL_WITHIN,
@@ -599,3 +600,61 @@ def test_celery_handles_leave_no_thread_fd_or_handle_behind(redis_celery: Any) -
         one_round(r)
         assert me.num_fds() == fds, (r, me.num_fds(), fds)
     print(f"\ncelery leaks: {LEAK_ROUNDS} rounds x {2 * PER_ROUND} handles: fds {fds} -> {me.num_fds()}")
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+ID_EXAMPLES = 200 * SOAK
+
+
+def test_the_celery_engine_refuses_what_a_worker_could_never_run(redis_celery: Any) -> None:
+    """``@task(engine=app)`` on a lambda, a nested function or a callable object: TypeError at once,
+    saying the worker imports tasks by name. An argument JSON cannot encode: TypeError naming it, and
+    nothing is sent."""
+
+    def nested(x: int) -> int:
+        return x
+
+    class Callable_:
+        def __call__(self, x: int) -> int:
+            return x
+
+    for fn in (lambda x: x, nested, Callable_()):
+        with pytest.raises(TypeError, match="module-level function the worker can import"):
+            ab.task(engine=redis_celery.app)(fn)
+    square = redis_celery.square  # add(x, y), registered through ab.task(engine=app)
+    with pytest.raises(TypeError, match=r"argument 1 of Celery task .*add \(object\).*'json'"):
+        square.delay(1, object())
+    with pytest.raises(TypeError, match=r"argument 'y' of Celery task .*add \(set\).*'json'"):
+        square.delay(1, y={2})
+    assert square.delay(1, 2).get(timeout=HANG) == 3  # and the engine still works
+
+
+@settings(max_examples=ID_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task_id=st.one_of(st.text(max_size=300), st.from_regex(r"[\x00-\x7f]{0,300}", fullmatch=True)))
+def test_any_task_id_gets_a_clear_error_or_a_pending_handle(celery_worker: Any, task_id: str) -> None:
+    """Any string as a task id on the file-system backend (which keys results by file name): a clear
+    TypeError/ValueError naming the id, or a PENDING handle whose get(timeout=0) times out; the
+    poller serving the app keeps reading every other handle."""
+    refused: Exception | None = None
+    try:
+        h: ab.Result[Any] = ab.AsyncResult(task_id, app=celery_worker.app)
+    except (TypeError, ValueError) as exc:
+        refused = exc
+    if refused is not None:
+        assert "task id" in str(refused), refused
+        return
+    with pytest.raises(TimeoutError):
+        h.get(timeout=0)
+    assert h.state is S.PENDING
+
+
+def test_the_poller_outlives_every_id_tried(celery_worker: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """After the ids above: a real task on the same app completes, and the poller warned of nothing."""
+    odd: list[ab.Result[Any]] = [
+        ab.AsyncResult(t, app=celery_worker.app) for t in ("\N{SNOWMAN}" * 60, " ", "..", "-" * 200)
+    ]
+    with caplog.at_level(logging.WARNING, logger="asyncbridge"):
+        assert ab.wrap(celery_worker.add.delay(20, 22)).get(timeout=HANG) == 42
+    assert all(h.state is S.PENDING for h in odd)
+    assert not [r for r in caplog.records if r.name == "asyncbridge"], caplog.records

@@ -880,7 +880,7 @@ class Result(cf.Future[T]):
                 # awaiter cancels it, as awaiting a task does.
                 if not src.done():
                     try:
-                        yield from src
+                        value = yield from src
                     except asyncio.CancelledError:
                         # The awaiter's own cancellation, or the work's: either way re-raise this
                         # very exception, whose message tells a cancel scope (anyio) it is its own.
@@ -890,6 +890,11 @@ class Result(cf.Future[T]):
                     except BaseException:
                         if not src.done():
                             raise
+                    else:
+                        if self._activate is not None:
+                            # No one else has looked at this handle yet: it stays lazy, and whoever
+                            # reads it later binds it (_sync), finding the future done.
+                            return value  # type: ignore[no-any-return]
                 if self._st not in _TERMINAL:
                     self._adopt(src)  # on its loop and done: safe to read here and now
             else:

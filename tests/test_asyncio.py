@@ -408,3 +408,34 @@ def test_a_result_finished_on_a_loop_closed_before_reporting_it_is_rescued() -> 
     fut.set_result(5)  # schedules the handle's done-callback, which the closed loop never runs
     loop.close()
     assert h.get(timeout=10) == 5
+
+
+@pytest.mark.parametrize("outcome", ["value", "error"])
+def test_a_task_awaited_through_its_handle_on_its_own_loop_reads_done_afterwards(outcome: str) -> None:
+    """``await wrap(task)`` on the task's loop reads the task directly and leaves the handle lazy;
+    whoever reads the handle afterwards (state, get, callbacks, cf.wait) finds it done."""
+
+    async def work() -> str:
+        await asyncio.sleep(0)
+        if outcome == "error":
+            raise KeyError("from the task")
+        return "v"
+
+    async def main() -> ab.Result[str]:
+        h = ab.wrap(asyncio.get_running_loop().create_task(work()))
+        if outcome == "value":
+            assert await h == "v"
+        else:
+            with pytest.raises(KeyError):
+                await h
+        return h
+
+    h = asyncio.run(main())
+    seen: list[ab.Result[str]] = []
+    h.add_done_callback(seen.append)
+    assert seen == [h]
+    assert cf.wait([h], timeout=0).done == {h}
+    if outcome == "value":
+        assert (h.state, h.get(timeout=0), h.info) == (ab.State.SUCCESS, "v", "v")
+    else:
+        assert h.state is ab.State.FAILURE and isinstance(h.exception(timeout=0), KeyError)

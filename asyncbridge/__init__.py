@@ -8,6 +8,7 @@ coroutines, ``concurrent.futures`` futures and thread work alike.
 # No `from __future__ import annotations` here: it would add a public name.
 # `X as X` is the explicit re-export that mypy --strict honours.
 from ._asyncio import spawn as spawn
+from ._awaiting import shield as shield
 from ._compose import (
     ALL_COMPLETED as ALL_COMPLETED,
     FIRST_COMPLETED as FIRST_COMPLETED,
@@ -29,7 +30,7 @@ from ._errors import (
     WorkerCrashed as WorkerCrashed,
 )
 from ._process import ProcessPool as ProcessPool, run_in_process as run_in_process
-from ._result import Result as Result, State as State, shield as shield
+from ._result import Result as Result, State as State
 from ._task import AsyncTask as AsyncTask, Retry as Retry, Task as Task, task as task
 from ._threads import run_in_thread as run_in_thread
 from ._wrap import wrap as wrap

@@ -18,8 +18,9 @@ import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._asyncio import BACKGROUND, spawn
+from ._awaiting import shield
 from ._errors import close_coroutines
-from ._result import Result, shield
+from ._result import Result
 from ._state import FAILURE, REVOKED, SUCCESS
 from ._threads import run_in_thread
 from ._waiters import check_timeout

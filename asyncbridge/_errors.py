@@ -98,3 +98,11 @@ def close_coroutines(*objs: object) -> None:
     for obj in objs:
         if isinstance(obj, CoroutineType):
             obj.close()
+
+
+def revoked_error(flavour: type[BaseException], stored: BaseException) -> BaseException:
+    """A fresh cancellation error of ``flavour`` for a REVOKED handle, with the stored one's
+    message and cause (an engine's own revocation error, such as Celery's TaskRevokedError)."""
+    err = flavour(*stored.args)
+    err.__cause__ = stored.__cause__
+    return err

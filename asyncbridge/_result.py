@@ -4,7 +4,9 @@
 traceback), its waiters (blocking ``get()`` calls, awaiters on any number of asyncio loops or trio
 runs, ``concurrent.futures.wait`` calls), its done-callbacks, and the cancellation request with the
 hooks that carry it to the work. Adapters (``_asyncio.py``, ``_futures.py``, ``_threads.py``) bind a
-kind of work to a handle through the private completer API below and nothing else.
+kind of work to a handle through the private completer API below and nothing else. The ways of
+waiting on it are mixins, one module each: ``_blocking.py`` (``get()`` and cf's readers),
+``_awaiting.py`` (``await``, ``shield``) and ``_progress.py`` (progress observers).
 
 Design record (figures from ``benchmarks/``, CPython 3.11, 2 cores):
 
@@ -35,14 +37,16 @@ import os
 import threading
 import time
 import traceback as _traceback
-from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Generator
+    from collections.abc import Callable
     from types import TracebackType
 
+from ._awaiting import Awaiting
+from ._blocking import Blocking
 from ._errors import close_coroutines
+from ._progress import Progress
 from ._state import (
     _CF_STATE,
     _MOVES,
@@ -57,9 +61,9 @@ from ._state import (
     SUCCESS,
     State,
 )
-from ._waiters import _ThreadWaiter, check_timeout, get_running_loop, park
+from ._waiters import get_running_loop
 
-__all__ = ["Result", "State", "shield"]
+__all__ = ["Result", "State"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -69,20 +73,10 @@ LOGGER = logging.getLogger("asyncbridge")
 _get_running_loop = get_running_loop
 
 
-# Set by _threads: called before a thread blocks in get(); returns the undo, or None. It lets a
-# bounded pool add a worker while one of its own workers waits, so waiting cannot starve the pool.
-block_hook: Callable[[], Callable[[], None] | None] | None = None
-
-
 _ID_LOCK = threading.Lock()
 
-#: How often a blocked get() checks that the event loop running its work has not been closed.
-LOOP_WATCH = 0.25
-#: The longest single wait of a get() in the main thread, so that Ctrl-C is never missed for long.
-SIGNAL_SLICE = 0.1
 
-
-class Result(cf.Future[T]):
+class Result(Blocking[T], Awaiting[T], Progress, cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
     Obtain one from :func:`asyncbridge.wrap`, :func:`asyncbridge.spawn` or
@@ -528,68 +522,6 @@ class Result(cf.Future[T]):
         retry."""
         return self._attempts
 
-    def on_progress(
-        self, fn: Callable[[dict[str, Any]], object], *, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        """Call ``fn(meta)`` for each progress report (``asyncbridge.report_progress(**meta)`` in the
-        work), from now until the handle ends.
-
-        ``fn`` runs in the thread that made the report (for process work, asyncbridge's manager
-        thread), or on ``loop`` through ``call_soon_threadsafe``. If ``fn`` raises, the error is
-        logged to the ``asyncbridge`` logger and the work goes on.
-        """
-        if not callable(fn):
-            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
-            raise TypeError(f"on_progress() needs a callable, not {type(fn).__qualname__}")
-        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
-            raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
-
-        def watcher(_h: Result[T], st: State, meta: Any) -> None:
-            if st is not PROGRESS:
-                return
-            if loop is None or _get_running_loop() is loop:
-                fn(meta)
-            else:
-                try:
-                    loop.call_soon_threadsafe(self._report_to, fn, meta)
-                except RuntimeError:
-                    pass  # that loop is closed: its observer is gone
-
-        self._watch(watcher)
-
-    def _report_to(self, fn: Callable[[dict[str, Any]], object], meta: dict[str, Any]) -> None:
-        try:
-            fn(meta)
-        except BaseException:
-            LOGGER.exception("exception in progress observer %r of %r", fn, self)
-
-    def progress(self) -> AsyncIterator[dict[str, Any]]:
-        """``async for meta in handle.progress():`` each progress report's dict, until the work ends.
-
-        A slow reader may miss reports made while it was busy, but always gets the latest one. The
-        loop ends when the handle is done (whatever the outcome: await the handle for it).
-        Cancelling the reader does not cancel the work. The iterator holds nothing to clean up, so
-        leaving the loop early (``break``, a cancel scope) needs no ``aclosing()``.
-        """
-        self._sync()
-        return _ProgressReader(self)
-
-    def _add_progress_waiter(self, version: int, waiter: object) -> bool:
-        with self._lock:
-            if self._st in _TERMINAL or self._pversion != version:
-                return False
-            if self._pw is None:
-                self._pw = [waiter]
-            else:
-                self._pw.append(waiter)
-            return True
-
-    def _remove_progress_waiter(self, waiter: object) -> None:
-        with self._lock:
-            pw = self._pw
-            if pw is not None and waiter in pw:
-                pw.remove(waiter)
-
     def cancel_requested(self) -> bool:
         """True once :meth:`cancel` was called on this (still unfinished) handle."""
         return self._cancel_requested or self._st is REVOKED
@@ -698,245 +630,6 @@ class Result(cf.Future[T]):
             # BaseException too: a callback's SystemExit must not kill the completing thread or loop
             LOGGER.exception("exception calling done-callback %r of %r", fn, self)
 
-    # -- blocking ---------------------------------------------------------------------------------
-
-    def _block(self, timeout: float | None, caller: str) -> bool:
-        """Wait until done or ``timeout``; True if done."""
-        self._sync()
-        if self._st in _TERMINAL:
-            return True
-        loop = self._loop
-        if loop is not None:
-            self._check_can_block(loop, caller)
-        waiter = _ThreadWaiter()
-        with self._lock:
-            if self._st in _TERMINAL:
-                return True
-            if self._wl is None:
-                self._wl = [waiter]
-            else:
-                self._wl.append(waiter)
-        undo = block_hook() if block_hook is not None else None
-        woken = False
-        try:
-            woken = self._acquire(waiter.lock, timeout, loop)
-        finally:
-            if undo is not None:
-                undo()
-            if not woken:  # timed out or interrupted (KeyboardInterrupt): withdraw the waiter
-                with self._lock:
-                    wl = self._wl
-                    if wl is not None and waiter in wl:
-                        wl.remove(waiter)
-        # A completion that landed after the timeout but before the withdrawal wins.
-        return self._st in _TERMINAL
-
-    def _acquire(self, lock: threading.Lock, timeout: float | None, loop: Any) -> bool:
-        """Acquire ``lock`` (released when the handle ends) within ``timeout``; True if acquired.
-
-        Waits in short slices where one long wait could go wrong: in the main thread (a Ctrl-C
-        that lands just as the wait begins is otherwise noticed only when it ends) and for work of an
-        asyncio loop (a loop closed by hand runs no more callbacks: the outcome of a future it
-        finished but never reported is rescued, and one it will never finish fails with an error
-        saying why, instead of blocking for ever).
-        """
-        watched = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
-        on_main = threading.current_thread() is threading.main_thread()
-        if watched is None and not on_main:
-            return lock.acquire() if timeout is None else lock.acquire(True, timeout)
-        step = SIGNAL_SLICE if on_main else LOOP_WATCH
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = step if deadline is None else min(step, deadline - time.monotonic())
-            if lock.acquire(True, max(wait, 0.0)):
-                return True
-            if watched is not None and watched.is_closed() and self._st not in _TERMINAL:
-                self._rescue_from_closed_loop()
-            if self._st in _TERMINAL or (deadline is not None and time.monotonic() >= deadline):
-                return False
-
-    def _rescue_from_closed_loop(self) -> None:
-        src = self._src
-        if src is not None and src.done():
-            self._adopt(src)
-        else:
-            self._set_exception(RuntimeError(f"{self!r} can never finish: its event loop was closed"))
-
-    def _check_can_block(self, loop: Any, caller: str) -> None:
-        """Raise RuntimeError where blocking for this handle could never end.
-
-        ``loop`` is what runs the work: an asyncio loop, a trio token, or an engine's own guard (an
-        object with a ``check_can_block()`` method, e.g. Celery's rule inside a running task)."""
-        if isinstance(loop, asyncio.AbstractEventLoop):
-            on_owner = _get_running_loop() is loop
-        elif hasattr(loop, "check_can_block"):
-            loop.check_can_block()
-            return
-        else:
-            import trio  # a trio token: only handles made inside a trio run carry one
-
-            try:
-                on_owner = bool(trio.lowlevel.current_trio_token() == loop)
-            except RuntimeError:
-                on_owner = False
-        if on_owner:
-            raise RuntimeError(
-                f"{self!r}.{caller}() was called on the event-loop thread that must run this work, "
-                "so it could never return; use 'await' here, or call it from another thread"
-            )
-
-    @overload
-    def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> T: ...
-    @overload
-    def get(self, timeout: float | None = None, *, propagate: bool) -> T | BaseException: ...
-    @overload
-    def get(self, timeout: float | None, propagate: bool) -> T | BaseException: ...
-
-    def get(self, timeout: float | None = None, propagate: bool = True) -> T | BaseException:
-        """Wait up to ``timeout`` seconds (``None``: no limit) for the work, then return its value.
-
-        A failed handle raises its exception (the same object for every caller, with its original
-        traceback); a revoked one raises ``concurrent.futures.CancelledError``. With
-        ``propagate=False`` the exception is returned instead of raised.
-
-        From any thread that is not running the work's event loop this blocks as asked, including
-        on the thread of another event loop (which then stalls). Ctrl-C interrupts the wait.
-
-        Raises:
-            TimeoutError: ``timeout`` ran out. The work goes on; call ``cancel()`` to stop it.
-            concurrent.futures.CancelledError: the handle is REVOKED (and ``propagate`` is true).
-            RuntimeError: called on the event-loop thread that must run this work, where waiting
-                could never end. Use ``await handle`` there.
-        """
-        timeout = check_timeout(timeout)
-        if not self._block(timeout, "get"):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
-        if not propagate and self._st is not SUCCESS:
-            return self._value  # type: ignore[no-any-return]
-        try:
-            return self._outcome()
-        finally:
-            del self  # the raised error's traceback holds this frame: it must not hold the handle
-
-    def result(self, timeout: float | None = None) -> T:
-        """``concurrent.futures.Future.result``: :meth:`get` with ``propagate=True``."""
-        timeout = check_timeout(timeout)
-        if not self._block(timeout, "result"):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
-        try:
-            return self._outcome()
-        finally:
-            del self  # as in get()
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """``concurrent.futures.Future.exception``: the work's exception, or None if it succeeded.
-
-        Raises ``TimeoutError`` as :meth:`get` does, and ``concurrent.futures.CancelledError`` if the
-        handle is REVOKED.
-        """
-        timeout = check_timeout(timeout)
-        if not self._block(timeout, "exception"):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
-        st = self._st
-        if st is REVOKED:
-            raise cf.CancelledError() from None
-        return self._value if st is FAILURE else None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until done or ``timeout``; return whether the handle is done. Never raises the
-        work's exception (the RuntimeError of :meth:`get` still applies)."""
-        return self._block(check_timeout(timeout), "wait")
-
-    def _outcome(self) -> T:
-        st = self._st
-        if st is SUCCESS:
-            return self._value  # type: ignore[no-any-return]
-        exc, tb = self._value, self._tb
-        del self  # this frame ends up in the raised error's traceback: it must not hold the handle
-        try:
-            if st is REVOKED:
-                raise _revoked(cf.CancelledError, exc)
-            raise exc.with_traceback(tb)  # the original frames, not those of earlier raises
-        finally:
-            del exc, tb  # break the frame -> traceback -> exception cycle
-
-    # -- awaiting ---------------------------------------------------------------------------------
-
-    def __await__(self) -> Generator[Any, None, T]:
-        """``await handle``: the value, or the work's exception.
-
-        If the awaiting task is cancelled (a timeout, a task group), the work is cancelled too, as
-        awaiting an asyncio task does; await :func:`shield` (``await shield(handle)``) to leave the
-        work running. A REVOKED handle raises ``asyncio.CancelledError`` under asyncio and
-        ``concurrent.futures.CancelledError`` under trio (trio reserves its own ``Cancelled`` for
-        cancel scopes).
-        """
-        if self._st not in _TERMINAL:
-            src = self._src
-            loop = _get_running_loop()
-            if src is not None and loop is not None and self._loop is loop:
-                # An asyncio future of this very loop: await it directly, with no done-callback and
-                # one loop hop fewer (inlined here: a generator less per await). Cancelling the
-                # awaiter cancels it, as awaiting a task does.
-                if not src.done():
-                    try:
-                        value = yield from src
-                    except asyncio.CancelledError:
-                        # The awaiter's own cancellation, or the work's: either way re-raise this
-                        # very exception, whose message tells a cancel scope (anyio) it is its own.
-                        if src.cancelled():
-                            self._adopt(src)
-                        raise
-                    except BaseException:
-                        if not src.done():
-                            raise
-                    else:
-                        if self._activate is not None:
-                            # No one else has looked at this handle yet: it stays lazy, and whoever
-                            # reads it later binds it (_sync), finding the future done.
-                            return value  # type: ignore[no-any-return]
-                if self._st not in _TERMINAL:
-                    self._adopt(src)  # on its loop and done: safe to read here and now
-            else:
-                yield from self._wait_async(True)
-        if self._st is SUCCESS:
-            return self._value  # type: ignore[no-any-return]
-        try:
-            return self._outcome_async()
-        finally:
-            del self  # this frame ends up in the raised error's traceback: it must not hold the handle
-
-    def _outcome_async(self) -> T:
-        if self._st is REVOKED:
-            flavour = asyncio.CancelledError if _get_running_loop() is not None else cf.CancelledError
-            stored = self._value
-            del self  # as in _outcome()
-            raise _revoked(flavour, stored)
-        try:
-            return self._outcome()
-        finally:
-            del self
-
-    def _wait_async(self, cancel_work: bool) -> Generator[Any, None, None]:
-        self._sync()
-        yield from park(self._add_waiter, self._remove_waiter, self.cancel if cancel_work else None, self)
-
-    def _add_waiter(self, waiter: object) -> bool:
-        with self._lock:
-            if self._st in _TERMINAL:
-                return False
-            if self._wl is None:
-                self._wl = [waiter]
-            else:
-                self._wl.append(waiter)
-            return True
-
-    def _remove_waiter(self, waiter: object) -> None:
-        with self._lock:
-            wl = self._wl
-            if wl is not None and waiter in wl:
-                wl.remove(waiter)
-
     # -- composition ------------------------------------------------------------------------------
 
     def then(self, fn: Callable[[T], Any]) -> Result[Any]:
@@ -986,81 +679,3 @@ class Result(cf.Future[T]):
         raise TypeError(
             f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
         )
-
-
-def _revoked(flavour: type[BaseException], stored: BaseException) -> BaseException:
-    """A fresh cancellation error of ``flavour`` for a REVOKED handle, with the stored one's
-    message and cause (an engine's own revocation error, such as Celery's TaskRevokedError)."""
-    err = flavour(*stored.args)
-    err.__cause__ = stored.__cause__
-    return err
-
-
-class _ProgressReader:
-    """The async iterator returned by :meth:`Result.progress` (a plain object, not an async
-    generator, so one abandoned mid-loop leaves no finaliser behind)."""
-
-    __slots__ = ("_handle", "_seen")
-
-    def __init__(self, handle: Result[Any]) -> None:
-        self._handle = handle
-        self._seen = 0
-
-    def __aiter__(self) -> _ProgressReader:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        h = self._handle
-        while True:
-            with h._lock:
-                version, meta, done = h._pversion, h._meta, h._st in _TERMINAL
-            if version != self._seen:
-                self._seen = version
-                return meta  # type: ignore[no-any-return]
-            if done:
-                raise StopAsyncIteration
-            await _NextReport(h, version)
-
-
-class _NextReport:
-    """Awaitable: the next progress report (or the end) after report number ``version``."""
-
-    __slots__ = ("_handle", "_version")
-
-    def __init__(self, handle: Result[Any], version: int) -> None:
-        self._handle = handle
-        self._version = version
-
-    def __await__(self) -> Generator[Any, None, None]:
-        h = self._handle
-        return park(partial(h._add_progress_waiter, self._version), h._remove_progress_waiter, None, h)
-
-
-class _Shielded(Generic[T_co]):
-    __slots__ = ("_handle",)
-
-    def __init__(self, handle: Result[T_co]) -> None:
-        self._handle = handle
-
-    def __await__(self) -> Generator[Any, None, T_co]:
-        h = self._handle
-        if h._st not in _TERMINAL:
-            yield from h._wait_async(False)
-        try:
-            return h._outcome_async()
-        finally:
-            del h, self  # as in Result.__await__
-
-
-def shield(handle: Result[T]) -> _Shielded[T]:
-    """An awaitable for ``handle`` whose cancellation does not cancel the work.
-
-    ``await shield(h)`` returns or raises as ``await h`` does; if the awaiting task is cancelled,
-    only that await stops and the work goes on for every other waiter.
-    """
-    if not isinstance(handle, Result):
-        close_coroutines(handle)  # type: ignore[unreachable]  # untyped callers do get here
-        raise TypeError(
-            f"shield() needs an asyncbridge Result, not {type(handle).__qualname__}; wrap() it first"
-        )
-    return _Shielded(handle)

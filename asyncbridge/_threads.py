@@ -28,7 +28,7 @@ from collections.abc import Callable
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
-from . import _result
+from . import _blocking
 from ._context import CURRENT, settle_failure
 from ._result import Result
 from ._signals import block_signals, unblock_signals
@@ -190,7 +190,7 @@ class _ThreadPool:
 
 
 POOL = _ThreadPool(max_workers=min(32, (os.cpu_count() or 1) + 4), name="asyncbridge-worker")
-_result.block_hook = POOL.block_hook
+_blocking.block_hook = POOL.block_hook
 atexit.register(POOL.shutdown)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=POOL._after_fork_in_child)

@@ -106,16 +106,26 @@ class Process:
             raise RuntimeError(f"{self.proc.args!r} did not get ready:\n{''.join(self.lines[-40:])}")
 
     def stop(self) -> None:
+        """SIGTERM to its whole process group (a prefork worker's children too), SIGKILL after 20 s.
+        Its stdout is closed only once the reader has seen its end: a child that outlived its parent
+        would otherwise keep the pipe open and the close would wait on the reader for ever."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(10)
+        self._signal_group(signal.SIGKILL)  # whatever of the group is left
         self._reader.join(10)
-        if self.proc.stdout is not None:
+        if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # start_new_session: the group is the process's own
+        except ProcessLookupError:
+            pass
 
 
 def start_celery_worker(extra_env: dict[str, str]) -> Process:

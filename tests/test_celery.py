@@ -193,12 +193,14 @@ def test_bad_ids_and_apps_are_clear_errors(celery_worker: Any) -> None:
 
 
 @pytest.mark.parametrize("follow", ["SUCCESS", "FAILURE"])
-def test_a_result_that_lands_after_a_kill_wins_over_its_revoked(
-    celery_worker: Any, monkeypatch: pytest.MonkeyPatch, follow: str
+@pytest.mark.parametrize("reason", ["terminated", "revoked"])
+def test_an_outcome_stored_over_a_revoked_wins(
+    celery_worker: Any, monkeypatch: pytest.MonkeyPatch, follow: str, reason: str
 ) -> None:
-    """Celery stores REVOKED ("terminated") as it kills a running task; a child that had already
-    finished then stores its own outcome over it. The handle waits for that outcome (the value was
-    produced: it must not be lost) instead of ending REVOKED on the first write."""
+    """Celery stores REVOKED as its worker handles a revoke, yet the task may still run and store its
+    own outcome over it ("terminated": a child that finished before the kill; "revoked": a task
+    already handed to a child, which stores STARTED first). The handle waits for that outcome (the
+    value was produced: it must not be lost) instead of ending REVOKED on the first write."""
     from asyncbridge.contrib import celery as contrib
 
     monkeypatch.setattr(contrib, "REVOKED_SETTLE", 60.0)  # the outcome surely lands within the wait
@@ -206,7 +208,9 @@ def test_a_result_that_lands_after_a_kill_wins_over_its_revoked(
     h: ab.Result[Any] = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
     ended = threading.Event()
     h.add_done_callback(lambda _h: ended.set())
-    backend.mark_as_revoked(h.id, "terminated")
+    backend.mark_as_revoked(h.id, reason)
+    if reason == "revoked":
+        backend.store_result(h.id, {"pid": 1}, "STARTED")
     assert not ended.wait(0.3), h  # several polls: the REVOKED alone does not end the handle
     if follow == "SUCCESS":
         backend.store_result(h.id, 42, "SUCCESS")
@@ -217,9 +221,8 @@ def test_a_result_that_lands_after_a_kill_wins_over_its_revoked(
             h.get(timeout=30)
 
 
-def test_a_revoked_stands_once_settled_or_when_the_task_never_ran(
-    celery_worker: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_revoked_is_final_once_settled(celery_worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no outcome stored over it within REVOKED_SETTLE, a REVOKED is final."""
     from asyncbridge.contrib import celery as contrib
 
     monkeypatch.setattr(contrib, "REVOKED_SETTLE", 0.05)

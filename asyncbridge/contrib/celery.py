@@ -20,10 +20,12 @@ cancellation errors, with Celery's ``TaskRevokedError`` as their ``__cause__``).
 
 ``handle.cancel()`` revokes the task with ``terminate=True``: a prefork worker kills the child
 running it (other pools cannot terminate: the task then runs to its end, and the handle says how it
-ended). Celery stores REVOKED as it sends the kill; a child that finished just before the signal then
-stores its own outcome over it. So a REVOKED marked "terminated" becomes final only after
-:data:`REVOKED_SETTLE` seconds without a later outcome: a value the task produced is never lost to
-the race (measured: revoke against completion, every outcome matched the backend's last word).
+ended). A REVOKED is final only after :data:`REVOKED_SETTLE` seconds: Celery's worker stores REVOKED
+as it handles the revoke, but the task may still run and store its own outcome over it (a child that
+finished just before the kill, or a task the worker had already handed to a child when it marked it
+revoked: it then stores STARTED, and SUCCESS or nothing). An outcome the task stored in that time
+wins, so a value it produced is never lost to the race; otherwise the handle ends REVOKED, even if
+Celery's backend is left saying STARTED (a child killed just after it stored that).
 
 In a process forked while handles are pending, a new listener thread picks them up (the tasks run
 in the cluster, not in the parent); at interpreter exit the daemon listener simply stops.
@@ -74,14 +76,8 @@ POLL_INTERVAL = 0.05
 SWEEP_INTERVAL = 1.0
 #: Seconds between reconnection attempts when the result backend is unreachable.
 RECONNECT_DELAY = 0.5
-#: Seconds a REVOKED stored for a task killed while running waits for the task's own result.
+#: Seconds a REVOKED waits for the task's own outcome before it is final.
 REVOKED_SETTLE = 0.25
-
-
-def _killed_while_running(meta: dict[str, Any]) -> bool:
-    """A REVOKED the worker stored as it killed a running task ("terminated"), as opposed to one it
-    stored for a task it never started ("revoked", "expired")."""
-    return str(meta.get("result")) == "terminated"
 
 
 class _CeleryGuard:
@@ -161,7 +157,7 @@ class _Listener:
         self._wake_channel = f"asyncbridge-wake-{id(self):x}"
         self._woken = False  # a wake-up is on its way: later watches need not send another
         self._event = threading.Event()  # polling: wakes the poller early when work arrives
-        self._settling: dict[str, float] = {}  # task id -> when its REVOKED becomes final
+        self._settling: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (when final, its REVOKED)
 
     def watch(self, h: Result[Any], task_id: str) -> None:
         """Track ``h`` until it ends. Held weakly, as Celery holds its own pending results: a handle
@@ -222,16 +218,15 @@ class _Listener:
         except Exception:  # the listener reconnects and resubscribes on its own
             LOGGER.debug("could not wake the Celery listener", exc_info=True)
 
-    def _deliver(self, task_id: str, meta: dict[str, Any]) -> None:
+    def _deliver(self, task_id: str, meta: dict[str, Any], settled: bool = False) -> None:
         status = meta.get("status")
         if status in states.READY_STATES:
             with self._lock:
-                if status == states.REVOKED and _killed_while_running(meta):
-                    # The worker stores this REVOKED when it sends the kill, before the child's own
-                    # result may land (Celery then overwrites it with SUCCESS): wait for that.
-                    due = self._settling.setdefault(task_id, time.monotonic() + REVOKED_SETTLE)
-                    if time.monotonic() < due:
-                        return
+                if status == states.REVOKED and not settled:
+                    # Not final yet: the task's own outcome may still land over it (see the module
+                    # docstring). _settle_due() decides once REVOKED_SETTLE has passed.
+                    self._settling.setdefault(task_id, (time.monotonic() + REVOKED_SETTLE, meta))
+                    return
                 self._settling.pop(task_id, None)
         with self._lock:
             handles = [h for r in self._pending.get(task_id, ()) if (h := r()) is not None]
@@ -242,14 +237,19 @@ class _Listener:
                 LOGGER.exception("could not apply the Celery state of task %s to %r", task_id, h)
 
     def _settle_due(self) -> float:
-        """Read again each task whose REVOKED has settled, and deliver what the backend now holds;
-        the seconds until the next one is due (at most 1)."""
+        """End each task whose REVOKED has waited REVOKED_SETTLE: with the outcome the backend now
+        holds if the task stored one over the REVOKED, else REVOKED. Returns the seconds until the
+        next one is due (at most 1)."""
         now = time.monotonic()
         with self._lock:
-            due = [task_id for task_id, at in self._settling.items() if at <= now]
-            wait = min((at - now for at in self._settling.values() if at > now), default=1.0)
-        for task_id in due:
-            self._deliver(task_id, self._backend.get_task_meta(task_id, cache=False))
+            due = [(task_id, meta) for task_id, (at, meta) in self._settling.items() if at <= now]
+            wait = min((at - now for at, _ in self._settling.values() if at > now), default=1.0)
+        for task_id, revoked in due:
+            latest = self._backend.get_task_meta(task_id, cache=False)
+            if latest.get("status") in (states.SUCCESS, states.FAILURE):
+                self._deliver(task_id, latest)
+            else:  # REVOKED still, or STARTED again: Celery re-stores it if the child starts before the kill
+                self._deliver(task_id, revoked, settled=True)
         return min(wait, 1.0)
 
     def _fail(self, task_id: str, exc: Exception) -> None:

@@ -451,13 +451,13 @@ def test_executor_shut_down_under_load(how: str, quiet: None) -> None:
 SIGINT_IN_GET = """
     import asyncio, concurrent.futures as cf, signal, sys, threading, traceback
     import asyncbridge as ab
-    from asyncbridge import _result
+    from asyncbridge import _blocking
 
     # Seam: the library calls block_hook right before a blocking get() waits on its lock. It sets an
     # event; a helper thread then prints "ready", which it can only do once the main thread released
     # the GIL, that is, once it is blocked in the lock: the SIGINT arrives inside get().
     blocked = threading.Event()
-    original = _result.block_hook
+    original = _blocking.block_hook
 
     def hook():
         blocked.set()
@@ -496,7 +496,7 @@ SIGINT_IN_GET = """
             started = threading.Event()
             h = ab.wrap(ex.submit(lambda i=i: (started.set(), release.wait(30), i)[2]))
             started.wait(30)  # running, so its handle says STARTED (the executor starts it on its own time)
-        _result.block_hook = hook
+        _blocking.block_hook = hook
         try:
             h.get(timeout=30)
             print("not interrupted", flush=True)
@@ -504,7 +504,7 @@ SIGINT_IN_GET = """
             frames = [f.name for f in traceback.extract_tb(e.__traceback__)]
             print(f"caught {kind} in-get={'get' in frames} {h.state} done={h.done()}", flush=True)
         finally:
-            _result.block_hook = original
+            _blocking.block_hook = original
         release.set()
         gate.set_result(i)
         value = h.get(timeout=30)

@@ -41,16 +41,14 @@ import multiprocessing.connection as mpc
 import os
 import pickle
 import signal
-import struct
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._context import CURRENT
-from ._errors import Cancelled, RemoteTraceback, TimeLimitExceeded, WorkerCrashed, close_coroutines
+from ._errors import RemoteTraceback, TimeLimitExceeded, WorkerCrashed, close_coroutines
+from ._process_worker import _CANCELLED, _DONE, _HEADER, _PROGRESS, _STARTED, worker_main
 from ._result import LOGGER, Result
-from ._signals import block_signals, unblock_signals
+from ._signals import block_signals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,113 +62,6 @@ CANCEL_GRACE = 0.1
 KILL_AFTER = 0.5
 #: Seconds interpreter exit waits for workers to finish before killing them.
 EXIT_GRACE = 2.0
-
-# Messages from a worker: (kind, seq, body)
-_STARTED, _DONE, _FAILED, _CANCELLED, _PROGRESS = 0, 1, 2, 3, 4
-_HEADER = struct.Struct("<qd")  # task number, time limit in seconds (NaN: none)
-
-
-# -- the worker side -----------------------------------------------------------------------------
-
-
-class _WorkerHandle:
-    """What ``checkpoint()``, ``cancel_requested()`` and ``report_progress()`` see in a worker."""
-
-    __slots__ = ("_cancel_word", "_deadline", "_label", "_send", "_seq", "_time_limit")
-
-    def __init__(
-        self, seq: int, cancel_word: Any, label: str, time_limit: float | None, send: Callable[[bytes], None]
-    ) -> None:
-        self._seq = seq
-        self._cancel_word = cancel_word
-        self._label = label
-        self._time_limit = time_limit
-        self._deadline = None if time_limit is None else time.monotonic() + time_limit
-        self._send = send
-
-    @property
-    def _cancel_requested(self) -> bool:
-        return bool(self._cancel_word.value == self._seq)
-
-    def _set_progress(self, meta: dict[str, Any]) -> bool:
-        try:
-            blob = pickle.dumps(meta)
-        except Exception as exc:
-            raise TypeError(f"report_progress() from a worker process needs picklable values: {exc}") from exc
-        self._send(pickle.dumps((_PROGRESS, self._seq, blob)))
-        return True
-
-    def __repr__(self) -> str:
-        return f"<process task {self._seq} {self._label}>"
-
-
-def _describe_failure(exc: BaseException) -> bytes:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    exc.__traceback__ = None  # frames cannot cross; their text does, as the cause
-    blob: bytes | None
-    try:
-        blob = pickle.dumps(exc)
-        pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is as bad
-    except Exception:
-        blob = None
-    return pickle.dumps((blob, type(exc).__module__, type(exc).__qualname__, str(exc), text))
-
-
-def _worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
-    """The loop of one worker process: receive a task, run it, send its outcome."""
-    unblock_signals()  # inherited from the manager thread that started us: terminate() must work
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    lock = threading.Lock()  # the work may report progress from threads of its own
-
-    def send(data: bytes) -> None:
-        with lock:
-            conn.send_bytes(data)
-
-    while True:
-        try:
-            message = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if not message:
-            return  # shutdown
-        seq, limit = _HEADER.unpack_from(message)
-        send(pickle.dumps((_STARTED, seq, None)))
-        try:
-            fn, args, kwargs = pickle.loads(message[_HEADER.size :])
-        except BaseException as exc:
-            lost = RuntimeError(f"the worker could not unpickle the task: {exc!r}")
-            send(pickle.dumps((_FAILED, seq, _describe_failure(lost))))
-            continue
-        label = getattr(fn, "__qualname__", "?")
-        time_limit = None if math.isnan(limit) else limit
-        here = _WorkerHandle(seq, cancel_word, label, time_limit, send)
-        token = CURRENT.set(here)  # type: ignore[arg-type]
-        reply: tuple[int, int, bytes | None]
-        try:
-            value = fn(*args, **kwargs)
-        except Cancelled as exc:
-            if cancel_word.value == seq:  # answering a request: the task was revoked
-                reply = (_CANCELLED, seq, None)
-            else:
-                reply = (_FAILED, seq, _describe_failure(exc))
-        except BaseException as exc:
-            reply = (_FAILED, seq, _describe_failure(exc))
-            del exc
-        else:
-            try:
-                reply = (_DONE, seq, pickle.dumps(value))
-            except BaseException as exc:  # whatever a __reduce__ raises fails this task only
-                unsendable = TypeError(
-                    f"the result of {label}() could not be sent back from the worker process: {exc}"
-                )
-                reply = (_FAILED, seq, _describe_failure(unsendable))
-            del value
-        finally:
-            CURRENT.reset(token)
-        send(pickle.dumps(reply))
-
-
-# -- the parent side -----------------------------------------------------------------------------
 
 
 class _Task:
@@ -192,7 +83,7 @@ class _Worker:
         parent_end, child_end = ctx.Pipe(duplex=True)
         self.cancel_word = ctx.RawValue("q", -1)
         self.process = ctx.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=(child_end, self.cancel_word), name="asyncbridge-process", daemon=True
+            target=worker_main, args=(child_end, self.cancel_word), name="asyncbridge-process", daemon=True
         )
         self.process.start()
         child_end.close()

@@ -118,20 +118,37 @@ def race(cancel: Callable[[], object], complete: Callable[[], object], skew: int
         assert not t.is_alive(), f"{t.name} hung"
 
 
-def check_race(h: ab.Result[Any], calls: Calls, app: Any, batch: AwaitBatch) -> S:
+# The handle's final state -> what Celery's backend may hold then (see check_race).
+BACKEND_MAY_HOLD = {
+    S.SUCCESS: {"SUCCESS", "REVOKED"},
+    S.FAILURE: {"FAILURE", "REVOKED"},
+    S.REVOKED: {"REVOKED", "STARTED"},
+}
+
+
+def check_race(h: ab.Result[Any], calls: Calls, app: Any, batch: AwaitBatch, seen: Counter[str]) -> S:
+    """The oracle, and the backend as one more reader. Celery's backend is not one: a revoke's
+    REVOKED can be written over a SUCCESS (its "never overwrite SUCCESS" check is a read, then a
+    write), and a child killed just after it stored STARTED leaves STARTED for ever. So the rule
+    checked here is the one that matters: an outcome the task stored is never lost, that is, the
+    handle never ends REVOKED where the backend holds the task's SUCCESS or FAILURE."""
     outcome = read_sync(h)
     assert calls.ran.wait(HANG), f"callbacks of {h!r}: {calls.seen}"
     calls.check(h.state)
     batch.add(h, outcome)
     stored = AsyncResult(h.id, app=app)
-    if h.state is S.REVOKED and stored.state == "STARTED":
-        return S.REVOKED  # Celery stored STARTED after the kill; documented, and no value was lost
-    if stored.state != h.state:
-        cause = h.get(timeout=0, propagate=False).__cause__
+    allowed = {
+        S.SUCCESS: {"SUCCESS", "REVOKED"},
+        S.FAILURE: {"FAILURE", "REVOKED"},
+        S.REVOKED: {"REVOKED", "STARTED"},
+    }
+    if stored.state not in allowed[h.state]:
         raise AssertionError(
-            f"{h!r} ended {h.state} ({cause!r}); the backend holds {stored.state} since {stored.date_done}"
-            f" (now {datetime.now(UTC)})"
+            f"{h!r} ended {h.state} ({h.get(timeout=0, propagate=False)!r}); the backend holds "
+            f"{stored.state} since {stored.date_done} (now {datetime.now(UTC)})"
         )
+    if stored.state != h.state:
+        seen[f"backend {stored.state} over {h.state}"] += 1
     return h.state
 
 
@@ -173,7 +190,7 @@ def test_revoke_races_the_end_of_a_running_task(
                 partial(lambda fifo, out: out.append(write_nowait(fifo, "done")), fifo, written),
                 stairs.next(),
             )
-            st = check_race(h, calls, tasks.app, batch)
+            st = check_race(h, calls, tasks.app, batch, seen)
             if st is S.SUCCESS:
                 assert written == [True] and h.get() == "done", (written, h.info)
                 seen["SUCCESS" if accepted == [True] else "SUCCESS, cancel refused"] += 1
@@ -216,7 +233,7 @@ def test_revoke_races_the_start_of_a_queued_task(
             calls = Calls(3)
             race(partial(cancel_first, sent), partial(send_add, tasks, i, calls, sent), stairs.next())
             h = sent.get(timeout=HANG)
-            st = check_race(h, calls, tasks.app, batch)
+            st = check_race(h, calls, tasks.app, batch, seen)
             if st is S.SUCCESS:
                 assert h.get() == i + 1
             else:

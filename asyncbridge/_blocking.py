@@ -59,9 +59,11 @@ class Blocking(Generic[T]):
     def _block(self, timeout: float | None, caller: str) -> bool:
         """Wait until done or ``timeout``; True if done."""
         self._sync()
-        if self._st in _TERMINAL:
-            return True
         loop = self._loop
+        if self._st in _TERMINAL:
+            if loop is not None and getattr(loop, "check_even_when_done", False):
+                loop.check_can_block()  # an engine's rule that holds whatever the state (Celery's)
+            return True
         if loop is not None:
             self._check_can_block(loop, caller)
         waiter = _ThreadWaiter()

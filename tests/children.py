@@ -18,6 +18,31 @@ from typing import Self
 
 HANG = 10.0  # a hang guard only
 
+#: Code for a child script (indented like the scripts that use it, which dedent it whole): "ready"
+#: is printed once the main thread blocks inside get(); see sigint_each_ready().
+BLOCKED_IN_GET_SEAM = """
+    # Seam: the library calls block_hook right before a blocking get() waits on its lock. It sets an
+    # event; a helper thread then prints "ready", which it can only do once the main thread released
+    # the GIL, that is, once it is blocked in the lock: the SIGINT arrives inside get(). Install it
+    # with `_blocking.block_hook = hook` around the get(), and start announce() in a thread.
+    import signal as _signal, threading as _threading
+    from asyncbridge import _blocking
+
+    blocked = _threading.Event()
+    original = _blocking.block_hook
+
+    def hook():
+        blocked.set()
+        return original() if original is not None else None
+
+    def announce():
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})  # the harness never takes Ctrl-C
+        while True:
+            blocked.wait()
+            blocked.clear()
+            print("ready", flush=True)
+"""
+
 
 class Child:
     """A child interpreter running ``code``; its stdout is read line by line with a hang guard."""

@@ -170,8 +170,12 @@ def test_a_chain_fails_with_the_failure_of_an_earlier_task(celery_worker: Any) -
         ab.wrap(res).get(timeout=30)
 
 
-def test_get_inside_a_running_celery_task_follows_celerys_rule(celery_worker: Any) -> None:
+@pytest.mark.parametrize("inner_done", [False, True])
+def test_get_inside_a_running_celery_task_follows_celerys_rule(celery_worker: Any, inner_done: bool) -> None:
+    """As Celery's own AsyncResult.get(): a RuntimeError inside a task, even for a result already there."""
     inner = celery_worker.add.delay(1, 2)
+    if inner_done:
+        assert ab.wrap(inner).get(timeout=30) == 3
     outer = ab.wrap(celery_worker.get_inside_a_task.delay(inner.id))
     exc = outer.exception(timeout=30)
     assert isinstance(exc, RuntimeError) and "inside a running Celery task" in str(exc)

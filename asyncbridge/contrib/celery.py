@@ -81,9 +81,12 @@ REVOKED_SETTLE = 0.25
 
 
 class _CeleryGuard:
-    """Celery's rule for blocking waits, applied by the handle's ``get()``."""
+    """Celery's rule for blocking waits, applied by the handle's ``get()``: like Celery's own
+    ``AsyncResult.get()``, even when the result is already there."""
 
     __slots__ = ()
+
+    check_even_when_done = True
 
     def check_can_block(self) -> None:
         if task_join_will_block():

@@ -26,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -36,7 +36,7 @@ import pytest
 import redis
 from billiard.exceptions import WorkerLostError
 from celery.result import AsyncResult
-from children import Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
+from children import BLOCKED_IN_GET_SEAM, Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK, TESTS_DIR  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 from hypothesis import HealthCheck, given, settings, strategies as st
 from oracle import (  # type: ignore[import-not-found, unused-ignore]
@@ -54,7 +54,7 @@ from oracle import (  # type: ignore[import-not-found, unused-ignore]
 from test_celery import make_fifo, wait_for_progress
 
 import asyncbridge as ab
-from asyncbridge.contrib.celery import listener_for
+from asyncbridge.contrib.celery import _LISTENERS, listener_for
 
 pytestmark = pytest.mark.stress
 
@@ -64,6 +64,19 @@ RUNNING_RACES = 30 * SOAK  # each REVOKED one kills a worker child; the pool tak
 QUEUED_RACES = 60 * SOAK
 LISTENER_LAG = 0.5  # a handle learns what the backend stored within this (pub/sub: milliseconds)
 MIN_SHARE = 0.20  # each outcome (REVOKED, SUCCESS) in at least this share of a variant's runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def listeners_stop_after_the_module() -> Iterator[None]:
+    """The module leaves nothing running: once its handles are gone, every app's listener thread
+    ends (and with it its Redis connection), so the next module's baseline is its own."""
+    yield
+    gc.collect()
+    for listener in list(_LISTENERS.values()):
+        thread = listener._thread
+        if thread is not None:
+            thread.join(HANG)
+            assert not thread.is_alive(), f"the listener of {listener._app.main!r} still runs"
 
 
 def write_nowait(fifo: str, text: str) -> bool:
@@ -417,23 +430,6 @@ def child_env(redis_celery: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 SIGINT_IN_CELERY_GET = """
-    # The seam of test_lifecycle's SIGINT test: "ready" is printed once the main thread is blocked
-    # inside get(), so the SIGINT arrives there.
-    blocked = threading.Event()
-    original = _blocking.block_hook
-
-    def hook():
-        blocked.set()
-        return original() if original is not None else None
-
-    def announce():
-        import signal
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        while True:
-            blocked.wait()
-            blocked.clear()
-            say("ready")
-
     threading.Thread(target=announce, daemon=True).start()
     client = redis.Redis.from_url(os.environ["ABTEST_REDIS_URL"])
     for i in range(int(sys.argv[1])):
@@ -456,7 +452,7 @@ SIGINT_IN_CELERY_GET = """
 def test_sigint_while_main_thread_waits_on_a_celery_handle(child_env: str, tmp_path: pathlib.Path) -> None:
     """SIGINT while the main thread is in ``get()`` on a Celery handle: KeyboardInterrupt within 0.5 s,
     the handle untouched (its task still runs), a later get() returns the value; clean exit."""
-    code = textwrap.dedent(CELERY_CHILD_PRELUDE) + textwrap.dedent(SIGINT_IN_CELERY_GET)
+    code = textwrap.dedent(BLOCKED_IN_GET_SEAM + CELERY_CHILD_PRELUDE + SIGINT_IN_CELERY_GET)
     with Child(code, str(SIGINT_ITERATIONS), stderr=tmp_path / "err") as child:
         lines, slowest = sigint_each_ready(child, SIGINT_ITERATIONS)
         rc, err = child.finish()

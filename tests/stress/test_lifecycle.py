@@ -29,7 +29,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import trio
-from children import Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
+from children import BLOCKED_IN_GET_SEAM, Child, fork_child, sigint_each_ready  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 from oracle import Arrivals, await_handle, settled  # type: ignore[import-not-found, unused-ignore]
 
@@ -448,27 +448,11 @@ def test_executor_shut_down_under_load(how: str, quiet: None) -> None:
 # -- 3. KeyboardInterrupt -------------------------------------------------------------------------------
 
 
-SIGINT_IN_GET = """
+SIGINT_IN_GET = (
+    BLOCKED_IN_GET_SEAM
+    + """
     import asyncio, concurrent.futures as cf, signal, sys, threading, traceback
     import asyncbridge as ab
-    from asyncbridge import _blocking
-
-    # Seam: the library calls block_hook right before a blocking get() waits on its lock. It sets an
-    # event; a helper thread then prints "ready", which it can only do once the main thread released
-    # the GIL, that is, once it is blocked in the lock: the SIGINT arrives inside get().
-    blocked = threading.Event()
-    original = _blocking.block_hook
-
-    def hook():
-        blocked.set()
-        return original() if original is not None else None
-
-    def announce():
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the harness never takes Ctrl-C
-        while True:
-            blocked.wait()
-            blocked.clear()
-            print("ready", flush=True)
 
     async def until(gate, started):
         started.set()
@@ -511,6 +495,7 @@ SIGINT_IN_GET = """
         print(f"final {kind} {value == i} {h.state}", flush=True)
     ex.shutdown()
 """
+)
 
 
 def test_sigint_while_main_thread_blocked_in_get(tmp_path: Path) -> None:

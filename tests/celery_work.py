@@ -83,7 +83,8 @@ def gated_add(x: int, y: int, gate: str) -> int:
     """``x + y``, once a token arrives on the Redis list ``gate`` (the worker's ABTEST_REDIS_URL)."""
     import redis
 
-    client = redis.Redis.from_url(os.environ["ABTEST_REDIS_URL"])
+    # socket_timeout=None: redis-py 8 gives up on a reply after 5 s by default, and a gate may wait longer
+    client = redis.Redis.from_url(os.environ["ABTEST_REDIS_URL"], socket_timeout=None)
     try:
         client.blpop([gate])
     finally:

@@ -493,7 +493,7 @@ EXIT_VARIANTS = {
     # name -> (script, expected stdout lines)
     "redis-pending-with-callback": (
         """
-        h = ab.wrap(tasks.gated_add.delay(1, 1, f"never-{os.getpid()}"))
+        h = ab.wrap(tasks.gated_add.delay(1, 1, os.environ["ABTEST_GATE"]))
         h.add_done_callback(lambda h: say(f"callback {h.state}"))
         say("main ends")
         """,
@@ -501,7 +501,7 @@ EXIT_VARIANTS = {
     ),
     "redis-get-timed-out": (
         """
-        h = ab.wrap(tasks.gated_add.delay(1, 1, f"never-{os.getpid()}"))
+        h = ab.wrap(tasks.gated_add.delay(1, 1, os.environ["ABTEST_GATE"]))
         try:
             h.get(timeout=0.1)
         except TimeoutError:
@@ -511,7 +511,7 @@ EXIT_VARIANTS = {
     ),
     "redis-awaited-by-asyncio-run": (
         """
-        h = ab.wrap(tasks.gated_add.delay(1, 1, f"never-{os.getpid()}"))
+        h = ab.wrap(tasks.gated_add.delay(1, 1, os.environ["ABTEST_GATE"]))
         async def main():
             try:
                 await asyncio.wait_for(ab.shield(h), 0.1)
@@ -539,9 +539,12 @@ EXIT_VARIANTS = {
 def test_interpreter_exit_with_celery_handles_pending(
     name: str, child_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    """A child interpreter exits with Celery handles pending (their tasks never end): within 10 s,
-    stderr clean, no callback run (the task goes on in the cluster; the handle is the process's)."""
+    """A child interpreter exits with Celery handles pending (their tasks wait on a gate the test opens
+    only after the exit): within 10 s, stderr clean, no callback run (the task goes on in the cluster;
+    the handle was the process's)."""
     code, expected = EXIT_VARIANTS[name]
+    gate = f"gate-{uuid.uuid4().hex}"
+    monkeypatch.setenv("ABTEST_GATE", gate)
     if name.startswith("file-system"):
         monkeypatch.delenv("ABTEST_REDIS_URL")
         monkeypatch.setenv("ABTEST_DIR", str(tmp_path))
@@ -554,6 +557,9 @@ def test_interpreter_exit_with_celery_handles_pending(
         timeout=3 * EXIT_WITHIN,
     )
     elapsed = time.monotonic() - t0
+    client = redis.Redis.from_url(child_env)
+    client.rpush(gate, 1)  # the worker's child goes back to work
+    client.close()
     print(f"\ncelery exit variant {name}: rc {proc.returncode} in {elapsed:.2f} s")
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.splitlines() == expected

@@ -50,7 +50,7 @@ class Child:
     def __init__(self, code: str, *args: str, stderr: Path) -> None:
         self._err = stderr.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-W", "default", "-c", textwrap.dedent(code), *args],
+            [sys.executable, "-X", "faulthandler", "-W", "default", "-c", textwrap.dedent(code), *args],
             stdout=subprocess.PIPE,
             stderr=self._err,
         )
@@ -65,13 +65,31 @@ class Child:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([self._fd], [], [], max(left, 0))
             if not ready:
-                raise AssertionError(f"the child printed nothing for {guard} s; so far: {self._buf!r}")
+                raise AssertionError(
+                    f"the child printed nothing for {guard} s; so far: {self._buf!r}; {self._stacks()}"
+                )
             chunk = os.read(self._fd, 65536)
             if not chunk:
-                raise AssertionError(f"the child closed stdout; rest: {self._buf!r}")
+                raise AssertionError(
+                    f"the child closed stdout; rest: {self._buf!r}; stderr: {self._stderr()}"
+                )
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
+
+    def _stacks(self) -> str:
+        """A hung child's threads, as faulthandler prints them on SIGABRT."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(HANG)
+            except subprocess.TimeoutExpired:
+                pass
+        return f"its stacks: {self._stderr()}"
+
+    def _stderr(self) -> str:
+        self._err.flush()
+        return self.stderr_path.read_text(errors="replace")[-4000:]
 
     def finish(self) -> tuple[int, str]:
         rc = self.proc.wait(HANG)

@@ -40,7 +40,7 @@ def release(fifo: str, text: str = "go") -> None:
         with open(fifo, "w") as f:
             f.write(text)
 
-    t = threading.Thread(target=write)
+    t = threading.Thread(target=write, daemon=True)  # a task that never opens its pipe must not hold up exit
     t.start()
     t.join(30)
     assert not t.is_alive(), "the task never opened its pipe"

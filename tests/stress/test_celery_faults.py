@@ -623,10 +623,14 @@ def test_celery_handles_leave_no_thread_fd_or_handle_behind(redis_celery: Any) -
 
     one_round(-1)  # warm-up: the Redis client's connection pools reach their size
     fds = me.num_fds()
+    counts = []
     for r in range(LEAK_ROUNDS):
         one_round(r)
-        assert me.num_fds() == fds, (r, me.num_fds(), fds)
-    print(f"\ncelery leaks: {LEAK_ROUNDS} rounds x {2 * PER_ROUND} handles: fds {fds} -> {me.num_fds()}")
+        counts.append(me.num_fds())
+    print(f"\ncelery leaks: {LEAK_ROUNDS} rounds x {2 * PER_ROUND} handles: fds {fds} -> {counts}")
+    # Celery's Redis client pool may open one more connection when two threads happen to use it at
+    # once; a leak grows with every round.
+    assert max(counts) <= fds + 1, (fds, counts)
 
 
 # -- bad input -------------------------------------------------------------------------------------

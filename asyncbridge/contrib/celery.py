@@ -19,13 +19,13 @@ rebuilt by Celery, with the worker's traceback text as its ``__cause__``), REVOK
 cancellation errors, with Celery's ``TaskRevokedError`` as their ``__cause__``).
 
 ``handle.cancel()`` revokes the task with ``terminate=True``: a prefork worker kills the child
-running it (other pools cannot terminate: the task then runs to its end, and the handle says how it
-ended). A REVOKED is final only after :data:`REVOKED_SETTLE` seconds: Celery's worker stores REVOKED
-as it handles the revoke, but the task may still run and store its own outcome over it (a child that
-finished just before the kill, or a task the worker had already handed to a child when it marked it
-revoked: it then stores STARTED, and SUCCESS or nothing). An outcome the task stored in that time
-wins, so a value it produced is never lost to the race; otherwise the handle ends REVOKED, even if
-Celery's backend is left saying STARTED (a child killed just after it stored that).
+running it (other pools cannot stop a running task, which Celery still marks REVOKED). A REVOKED is
+final only after :data:`REVOKED_SETTLE` seconds: Celery's worker stores REVOKED as it handles the
+revoke, but the task may still run and store its own outcome over it (a child that finished just
+before the kill, or a task the worker had already handed to a child when it marked it revoked: it
+then stores STARTED, and SUCCESS or nothing). An outcome the task stored in that time wins, so a
+value it produced is never lost to the race; otherwise the handle ends REVOKED, even if Celery's
+backend is left saying STARTED (a child killed just after it stored that).
 
 In a process forked while handles are pending, a new listener thread picks them up (the tasks run
 in the cluster, not in the parent); at interpreter exit the daemon listener simply stops.
@@ -160,7 +160,8 @@ class _Listener:
         self._wake_channel = f"asyncbridge-wake-{id(self):x}"
         self._woken = False  # a wake-up is on its way: later watches need not send another
         self._event = threading.Event()  # polling: wakes the poller early when work arrives
-        self._settling: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (when final, its REVOKED)
+        # id -> (when final, its REVOKED); the listener thread's own: no lock
+        self._settling: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def watch(self, h: Result[Any], task_id: str) -> None:
         """Track ``h`` until it ends. Held weakly, as Celery holds its own pending results: a handle
@@ -224,13 +225,12 @@ class _Listener:
     def _deliver(self, task_id: str, meta: dict[str, Any], settled: bool = False) -> None:
         status = meta.get("status")
         if status in states.READY_STATES:
-            with self._lock:
-                if status == states.REVOKED and not settled:
-                    # Not final yet: the task's own outcome may still land over it (see the module
-                    # docstring). _settle_due() decides once REVOKED_SETTLE has passed.
-                    self._settling.setdefault(task_id, (time.monotonic() + REVOKED_SETTLE, meta))
-                    return
-                self._settling.pop(task_id, None)
+            if status == states.REVOKED and not settled:
+                # Not final yet: the task's own outcome may still land over it (see the module
+                # docstring). _settle_due() decides once REVOKED_SETTLE has passed.
+                self._settling.setdefault(task_id, (time.monotonic() + REVOKED_SETTLE, meta))
+                return
+            self._settling.pop(task_id, None)
         with self._lock:
             handles = [h for r in self._pending.get(task_id, ()) if (h := r()) is not None]
         for h in handles:
@@ -243,10 +243,11 @@ class _Listener:
         """End each task whose REVOKED has waited REVOKED_SETTLE: with the outcome the backend now
         holds if the task stored one over the REVOKED, else REVOKED. Returns the seconds until the
         next one is due (at most 1)."""
+        if not self._settling:
+            return 1.0
         now = time.monotonic()
-        with self._lock:
-            due = [(task_id, meta) for task_id, (at, meta) in self._settling.items() if at <= now]
-            wait = min((at - now for at, _ in self._settling.values() if at > now), default=1.0)
+        due = [(task_id, meta) for task_id, (at, meta) in self._settling.items() if at <= now]
+        wait = min((at - now for at, _ in self._settling.values() if at > now), default=1.0)
         for task_id, revoked in due:
             latest = self._backend.get_task_meta(task_id, cache=False)
             if latest.get("status") in (states.SUCCESS, states.FAILURE):

@@ -17,6 +17,13 @@ from typing import Any
 import pytest
 from oracle import audit, quiet, quiet_library  # noqa: F401  # the reliability fixtures, for every test module
 
+# A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and an ignored signal stays
+# ignored across exec: the child interpreters of the KeyboardInterrupt tests would never see their
+# SIGINT, and a server or worker stopped with SIGINT would not stop. Python's own handler in this
+# process makes every child start with the default disposition, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 #: ASYNCBRIDGE_SOAK=1 multiplies every stress count by this.
 SOAK = 50 if os.environ.get("ASYNCBRIDGE_SOAK") else 1
 

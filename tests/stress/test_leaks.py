@@ -244,16 +244,29 @@ def _line_of(function: Callable[..., Any], text: str) -> tracemalloc.Filter:
     return tracemalloc.Filter(False, inspect.getsourcefile(function) or "", first + offset)
 
 
-# Tables that the standard library sizes by their peak and by timing, not by how many objects are
-# alive now: asyncio's set of all tasks (a WeakSet: deleted entries stay as dummies until a resize,
-# whose new size depends on how many tasks were live at that moment: 8 KiB to 1 MiB for 10,000
-# tasks) and the loop's ready queue (a deque keeps up to 16 freed 528-byte blocks). They swing by
-# more than the bound from one round to the next in both directions and do not grow with rounds; a
-# task or a callback that leaks is still counted, since the objects themselves are allocated elsewhere.
+# Tables and free lists that the standard library sizes by their peak and by timing, not by how many
+# objects are alive now:
+# - asyncio's set of all tasks (a WeakSet: deleted entries stay as dummies until a resize, whose new
+#   size depends on how many tasks were live at that moment: 8 KiB to 1 MiB for 10,000 tasks);
+# - the loop's ready queue (a deque keeps up to 16 freed 528-byte blocks);
+# - the C future's await iterators: `await fut` allocates one (40 B) in the awaiting coroutine's
+#   line, and up to 255 freed ones stay on a free list (10 KiB), as many as happened to be freed
+#   before being reused;
+# - tracemalloc's own objects (the measure, not the measured).
+# They swing by more than the bound from one round to the next in both directions and do not grow
+# with rounds; a task or a callback that leaks is still counted, since the objects themselves are
+# allocated elsewhere.
 PEAK_SIZED_TABLES = [
     _line_of(WeakSet.add, "self.data.add("),
     _line_of(asyncio.base_events.BaseEventLoop._call_soon, "self._ready.append("),  # type: ignore[attr-defined]
+    _line_of(held_at, "await "),
+    tracemalloc.Filter(False, tracemalloc.__file__),
 ]
+
+
+def filtered_snapshot() -> tracemalloc.Snapshot:
+    """What is traced now, leaving out ``PEAK_SIZED_TABLES``."""
+    return tracemalloc.take_snapshot().filter_traces(PEAK_SIZED_TABLES)
 
 
 def traced_now(settle: bool = True, *, whole: bool = False) -> int:
@@ -263,8 +276,13 @@ def traced_now(settle: bool = True, *, whole: bool = False) -> int:
     gc.collect()
     if whole:
         return tracemalloc.get_traced_memory()[0]
-    traces = tracemalloc.take_snapshot().filter_traces(PEAK_SIZED_TABLES)
-    return sum(stat.size for stat in traces.statistics("filename"))
+    return sum(stat.size for stat in filtered_snapshot().statistics("filename"))
+
+
+def grown_lines(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 8) -> str:
+    """The source lines whose traced memory grew most from ``before`` to ``after``, for a failure."""
+    grew = [d for d in after.compare_to(before, "lineno") if d.size_diff > 0][:top]
+    return "\n".join(f"  {d.size_diff:+,} B, {d.count_diff:+} blocks: {d.traceback[0]}" for d in grew)
 
 
 @pytest.mark.parametrize("kind", list(MEMORY_HANDLES))
@@ -277,13 +295,15 @@ def test_memory_is_flat_over_rounds(kind: str) -> None:
         growth = []
         traced_now()  # warm-up of the measure itself: a snapshot's filters fill fnmatch's caches
         last = traced_now()
+        first_snapshot = filtered_snapshot()
         for _ in range(ROUNDS):
             memory_round(kind, n)
             now = traced_now()
             growth.append(now - last)
             last = now
+        where = grown_lines(first_snapshot, filtered_snapshot())
     print(f"\nmemory, {kind}: {ROUNDS} rounds x {n:,} handles; growth per round (B): {growth}")
-    assert all(g < GROWTH_PER_ROUND for g in growth), growth
+    assert all(g < GROWTH_PER_ROUND for g in growth), f"growth per round {growth}; grew most:\n{where}"
 
 
 def pending_cost(make: Callable[[int], list[Any]], n: int) -> float:

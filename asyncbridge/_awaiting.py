@@ -32,7 +32,6 @@ class Awaiting(Generic[T]):
         _lock: threading.Lock
         _st: State
         _value: Any
-        _wl: list[Any] | None
         _loop: Any
         _src: Any
         _activate: Callable[[Any], object] | None
@@ -40,6 +39,8 @@ class Awaiting(Generic[T]):
         def _sync(self) -> None: ...
         def _adopt(self, src: Any) -> bool: ...
         def _outcome(self) -> T: ...
+        def _add_waiter(self, waiter: object) -> bool: ...
+        def _remove_waiter(self, waiter: object) -> None: ...
         def cancel(self) -> bool: ...
     else:
         __slots__ = ()
@@ -102,22 +103,6 @@ class Awaiting(Generic[T]):
     def _wait_async(self, cancel_work: bool) -> Generator[Any, None, None]:
         self._sync()
         yield from park(self._add_waiter, self._remove_waiter, self.cancel if cancel_work else None, self)
-
-    def _add_waiter(self, waiter: object) -> bool:
-        with self._lock:
-            if self._st in _TERMINAL:
-                return False
-            if self._wl is None:
-                self._wl = [waiter]
-            else:
-                self._wl.append(waiter)
-            return True
-
-    def _remove_waiter(self, waiter: object) -> None:
-        with self._lock:
-            wl = self._wl
-            if wl is not None and waiter in wl:
-                wl.remove(waiter)
 
 
 class _Shielded(Generic[T_co]):

@@ -46,13 +46,14 @@ class Blocking(Generic[T]):
         _st: State
         _value: Any
         _tb: TracebackType | None
-        _wl: list[Any] | None
         _loop: Any
         _src: Any
 
         def _sync(self) -> None: ...
         def _adopt(self, src: Any) -> bool: ...
         def _set_exception(self, exc: BaseException) -> bool: ...
+        def _add_waiter(self, waiter: object) -> bool: ...
+        def _remove_waiter(self, waiter: object) -> None: ...
     else:
         __slots__ = ()
 
@@ -67,13 +68,8 @@ class Blocking(Generic[T]):
         if loop is not None:
             self._check_can_block(loop, caller)
         waiter = _ThreadWaiter()
-        with self._lock:
-            if self._st in _TERMINAL:
-                return True
-            if self._wl is None:
-                self._wl = [waiter]
-            else:
-                self._wl.append(waiter)
+        if not self._add_waiter(waiter):
+            return True
         undo = block_hook() if block_hook is not None else None
         woken = False
         try:
@@ -82,10 +78,7 @@ class Blocking(Generic[T]):
             if undo is not None:
                 undo()
             if not woken:  # timed out or interrupted (KeyboardInterrupt): withdraw the waiter
-                with self._lock:
-                    wl = self._wl
-                    if wl is not None and waiter in wl:
-                        wl.remove(waiter)
+                self._remove_waiter(waiter)
         # A completion that landed after the timeout but before the withdrawal wins.
         return self._st in _TERMINAL
 

@@ -416,6 +416,25 @@ class Result(Blocking[T], Awaiting[T], Progress, cf.Future[T]):
         if probe is not None and self._st is PENDING and probe():
             self._set_started()
 
+    def _add_waiter(self, waiter: object) -> bool:
+        """Put ``waiter`` (woken through cf's waiter protocol) on the list the end wakes; False if the
+        handle is already done. For a blocking get() and for an awaiter alike."""
+        with self._lock:
+            if self._st in _TERMINAL:
+                return False
+            if self._wl is None:
+                self._wl = [waiter]
+            else:
+                self._wl.append(waiter)
+            return True
+
+    def _remove_waiter(self, waiter: object) -> None:
+        """Withdraw ``waiter`` (timed out, cancelled or interrupted), if it is still on the list."""
+        with self._lock:
+            wl = self._wl
+            if wl is not None and waiter in wl:
+                wl.remove(waiter)
+
     def _adopt(self, src: Any) -> bool:
         """End the handle as the done future ``src`` (asyncio or cf) ended; usable as its callback."""
         if src.cancelled():

@@ -30,15 +30,10 @@ would otherwise be drained by the next block that calls ``r.get()``, at that blo
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures as cf
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -63,6 +58,7 @@ from ._harness import (
     time_each,
 )
 from ._report import fmt
+from ._servers import Process, celery_worker_argv, free_port, start_redis
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
@@ -101,65 +97,6 @@ THREADS: dict[str, dict[int, list[tuple[int, int]]]] = {}
 # -- the cluster --------------------------------------------------------------------------------------
 
 
-class Process:
-    """A server or worker of the family, whose output is drained by a thread (so it never blocks on a
-    full pipe; the last lines are kept for error messages) and watched for its ready line."""
-
-    def __init__(self, argv: list[str], ready_text: str, env: dict[str, str], name: str) -> None:
-        self.name = name
-        self.lines: collections.deque[str] = collections.deque(maxlen=60)
-        self._ready = threading.Event()
-        self._text = ready_text
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # a Ctrl-C in the benchmark run is not theirs
-        )
-        self._reader = threading.Thread(target=self._read, name=f"asyncbridge-bench-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if self._text and self._text in line:
-                self._ready.set()
-
-    def output(self, last: int = 3) -> str:
-        """Its last few lines of output, for an error message."""
-        lines = [line.strip() for line in self.lines if line.strip()][-last:]
-        return " | ".join(lines) or "no output"
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not get ready; its last output: {self.output()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def unavailable() -> str:
     """Why the family cannot run here, or "" if it can."""
     if not have("celery"):
@@ -173,24 +110,18 @@ def unavailable() -> str:
 
 def start_cluster(stack: ExitStack) -> Any:
     """Start Redis and a prefork worker (stopped by ``stack``), warm the worker; return the task."""
-    server = shutil.which("redis-server")
-    assert server is not None
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    redis = Process(argv, "Ready to accept connections", dict(os.environ), "redis")
+    redis = start_redis(port, ROOT)
     stack.callback(redis.stop)
-    redis.wait_ready()
 
     from . import _celery_app
 
     _celery_app.configure(url)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, _celery_app.URL_ENV: url, "PYTHONPATH": path}
-    argv = [sys.executable, "-m", "celery", "-A", "benchmarks._celery_app", "worker", "--pool=prefork"]
-    argv += [f"--concurrency={WORKER_CONCURRENCY}", "--loglevel=WARNING", "--without-heartbeat"]
-    argv += ["--without-mingle", "--without-gossip"]
-    worker = Process(argv, "", env, "celery worker")
+    argv = celery_worker_argv("benchmarks._celery_app", WORKER_CONCURRENCY, "WARNING")
+    worker = Process(argv, "", env, "celery worker", ROOT)
     stack.callback(worker.stop)
     task = _celery_app.noop_task
     warm(task, worker)
@@ -210,7 +141,7 @@ def warm(task: Any, worker: Process, timeout: float = 60) -> None:
         except CeleryTimeoutError:
             if worker.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"the celery worker did not answer; its last output: {worker.output()}"
+                    f"the celery worker did not answer; its last output:\n{worker.output(5)}"
                 ) from None
     for r in [task.delay() for _ in range(20 * WORKER_CONCURRENCY)]:
         r.get(timeout=GET_TIMEOUT)

@@ -6,8 +6,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -16,6 +14,9 @@ from typing import Any
 
 import pytest
 from oracle import audit, quiet, quiet_library  # noqa: F401  # the reliability fixtures, for every test module
+
+from benchmarks import _servers as servers
+from benchmarks._servers import Process
 
 # A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and an ignored signal stays
 # ignored across exec: the child interpreters of the KeyboardInterrupt tests would never see their
@@ -80,66 +81,10 @@ os.environ.setdefault("ABTEST_DIR", tempfile.mkdtemp(prefix="asyncbridge-celery-
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 
 
-class Process:
-    """A server or worker started by a fixture, whose output is drained by a thread (so it never
-    blocks on a full pipe) and watched for the line that says it is ready."""
-
-    def __init__(self, argv: list[str], ready_text: str, env: dict[str, str], name: str) -> None:
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._text = ready_text
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=TESTS_DIR,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # a Ctrl-C in the test run is not theirs
-        )
-        self._reader = threading.Thread(target=self._read, name=f"asyncbridge-test-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if self._text in line:
-                self._ready.set()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"{self.proc.args!r} did not get ready:\n{''.join(self.lines[-40:])}")
-
-    def stop(self) -> None:
-        """SIGTERM to its whole process group (a prefork worker's children too), SIGKILL after 20 s.
-        Its stdout is closed only once the reader has seen its end: a child that outlived its parent
-        would otherwise keep the pipe open and the close would wait on the reader for ever."""
-        if self.proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait(10)
-        self._signal_group(signal.SIGKILL)  # whatever of the group is left
-        self._reader.join(10)
-        if self.proc.stdout is not None and not self._reader.is_alive():
-            self.proc.stdout.close()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)  # start_new_session: the group is the process's own
-        except ProcessLookupError:
-            pass
-
-
 def start_celery_worker(extra_env: dict[str, str]) -> Process:
     env = {**os.environ, **extra_env, "PYTHONPATH": str(TESTS_DIR)}
-    argv = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork", "--concurrency=2"]
-    argv += ["--loglevel=INFO", "--without-heartbeat", "--without-mingle", "--without-gossip"]
-    worker = Process(argv, " ready.", env, "celery-worker")
+    argv = servers.celery_worker_argv("celery_app", concurrency=2, loglevel="INFO")
+    worker = Process(argv, " ready.", env, "celery-worker", TESTS_DIR)
     worker.wait_ready()
     return worker
 
@@ -155,28 +100,18 @@ def celery_worker() -> Iterator[Any]:
     worker.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis(port: int) -> Process:
-    server = shutil.which("redis-server")
-    if server is None:
+    if shutil.which("redis-server") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is not installed and CI must run the Redis tests (.ci/run installs it)")
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server); CI runs these")
-    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    redis = Process(argv, "Ready to accept connections", dict(os.environ), "redis")
-    redis.wait_ready()
-    return redis
+    return servers.start_redis(port, TESTS_DIR)
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis server on a free loopback port, for the session."""
-    port = free_port()
+    port = servers.free_port()
     redis = start_redis(port)
     yield f"redis://127.0.0.1:{port}/0"
     redis.stop()

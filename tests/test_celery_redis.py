@@ -64,7 +64,9 @@ def test_many_concurrent_results_one_listener(redis_celery: Any) -> None:
 def test_results_survive_a_redis_restart_while_pending(tmp_path: Any) -> None:
     """The listener reconnects, subscribes again and re-reads every pending task by itself."""
     import celery_app
-    from conftest import free_port, start_celery_worker, start_redis
+    from conftest import start_celery_worker, start_redis
+
+    from benchmarks._servers import free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"

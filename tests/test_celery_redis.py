@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 import pytest
-from test_celery import make_fifo, release, wait_for_progress
+from test_celery import gates_opened_after_each_test, make_fifo, release, wait_for_progress  # noqa: F401  # the fixture too
 
 import asyncbridge as ab
 

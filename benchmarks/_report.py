@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -34,10 +35,11 @@ def _ordered(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(result: GroupResult) -> Table:
     g = result.group
+    # Texts go in escaped: rich would take "asyncbridge[celery]" in a reason for a markup tag.
     caption = f"{g.rounds} rounds x {g.ops:,} {'objects' if g.kind == 'memory' else 'ops'}"
     if g.note:
         caption += f"; {g.note}"
-    t = Table(title=f"{result.family}: {g.title}", caption=caption, title_justify="left")
+    t = Table(title=escape(f"{result.family}: {g.title}"), caption=escape(caption), title_justify="left")
     t.add_column("candidate")
     t.add_column("median", justify="right")
     t.add_column("p90", justify="right")
@@ -45,11 +47,11 @@ def table(result: GroupResult) -> Table:
     t.add_column("block medians min-max", justify="right")
     t.add_column("note")
     for s in _ordered(result.summaries()):
-        name = s["name"]
+        name = escape(s["name"])
         if s["role"] == "asyncbridge":
             name = f"[bold]{name}[/bold]"
         if s["status"] != "ok":
-            t.add_row(name, "", "", "", "", f"[dim]{s['status']}: {s.get('reason', '')}[/dim]")
+            t.add_row(name, "", "", "", "", f"[dim]{escape(s['status'])}: {escape(s.get('reason', ''))}[/dim]")
             continue
         ratio = s["ratio"]
         ratio_text = ("-" if g.floor else "n/a") if ratio is None else f"{ratio:.2f}x"
@@ -61,7 +63,7 @@ def table(result: GroupResult) -> Table:
             fmt(s["p90"], g.unit),
             ratio_text,
             f"{fmt(s['block_median_min'], g.unit)} - {fmt(s['block_median_max'], g.unit)}",
-            s.get("note", ""),
+            escape(s.get("note", "")),
         )
     return t
 

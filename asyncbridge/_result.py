@@ -6,7 +6,8 @@ runs, ``concurrent.futures.wait`` calls), its done-callbacks, and the cancellati
 hooks that carry it to the work. Adapters (``_asyncio.py``, ``_futures.py``, ``_threads.py``) bind a
 kind of work to a handle through the private completer API below and nothing else. The ways of
 waiting on it are mixins, one module each: ``_blocking.py`` (``get()`` and cf's readers),
-``_awaiting.py`` (``await``, ``shield``) and ``_progress.py`` (progress observers).
+``_awaiting.py`` (``await``, ``shield``) and ``_progress.py`` (progress observers); what cf's own
+functions read of a ``cf.Future``, and its producer API, is ``_cf_compat.py``.
 
 Design record (figures from ``benchmarks/``, CPython 3.11, 2 cores):
 
@@ -45,10 +46,10 @@ if TYPE_CHECKING:
 
 from ._awaiting import Awaiting
 from ._blocking import Blocking
+from ._cf_compat import CfFuture
 from ._errors import close_coroutines
 from ._progress import Progress
 from ._state import (
-    _CF_STATE,
     _MOVES,
     _RUNNING,
     _TERMINAL,
@@ -76,7 +77,7 @@ _get_running_loop = get_running_loop
 _ID_LOCK = threading.Lock()
 
 
-class Result(Blocking[T], Awaiting[T], Progress, cf.Future[T]):
+class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
     Obtain one from :func:`asyncbridge.wrap`, :func:`asyncbridge.spawn` or
@@ -181,52 +182,6 @@ class Result(Blocking[T], Awaiting[T], Progress, cf.Future[T]):
                 "Result(task_id) looks a Celery task up by its id: install asyncbridge[celery]"
             ) from exc
         bind_task_id(self, task_id, app)
-
-    # -- concurrent.futures' private waiter protocol (read by cf.wait and cf.as_completed) --------
-    # Properties with setters, so that the handle also satisfies typeshed's protocol for
-    # cf.as_completed (which declares these as plain attributes).
-
-    @property
-    def _condition(self) -> threading.Condition:
-        self._sync()  # cf.wait fetches this before it takes the lock: bind a lazy source now
-        cond = self._cond
-        if cond is None:
-            # Two threads racing here make two Conditions over the same lock, which is harmless.
-            cond = self._cond = threading.Condition(self._lock)
-        return cond
-
-    @_condition.setter
-    def _condition(self, value: threading.Condition) -> None:
-        raise AttributeError("an asyncbridge handle's condition is its own lock")
-
-    @property
-    def _waiters(self) -> list[Any]:
-        # cf reads this while holding _condition, which is our lock.
-        wl = self._wl
-        if wl is None:
-            wl = self._wl = []
-        return wl
-
-    @_waiters.setter
-    def _waiters(self, value: list[Any]) -> None:
-        raise AttributeError("an asyncbridge handle's waiters are kept by the handle")
-
-    @property
-    def _state(self) -> str:
-        # cf.wait reads this while holding _condition (our lock): no _sync() here, it would lock.
-        return _CF_STATE[self._st]
-
-    @_state.setter
-    def _state(self, value: str) -> None:
-        raise AttributeError("an asyncbridge handle's state moves only through its own methods")
-
-    @property
-    def _exception(self) -> BaseException | None:
-        return self._value if self._st is FAILURE else None
-
-    @_exception.setter
-    def _exception(self, value: BaseException | None) -> None:
-        raise AttributeError("an asyncbridge handle's exception is set through set_exception()")
 
     # -- the completer API, for adapters ----------------------------------------------------------
 
@@ -662,31 +617,6 @@ class Result(Blocking[T], Awaiting[T], Progress, cf.Future[T]):
         from ._compose import then  # imports point at _result, never from it at import time
 
         return then(self, fn)
-
-    # -- concurrent.futures' public producer API --------------------------------------------------
-
-    def set_running_or_notify_cancel(self) -> bool:
-        """The executor's claim step: PENDING -> STARTED and True; False if already revoked."""
-        with self._lock:
-            if self._st is REVOKED:
-                return False
-            if self._st is not PENDING:
-                raise RuntimeError(f"{self!r}: set_running_or_notify_cancel() in state {self._st}")
-            self._attempts += 1
-            self._st = STARTED
-            return True
-
-    def set_result(self, result: T) -> None:
-        """Complete the handle with ``result``. Raises ``InvalidStateError`` if already done."""
-        if not self._set_result(result):
-            raise cf.InvalidStateError(f"{self!r} is already done")
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        """Fail the handle with ``exception``. Raises ``InvalidStateError`` if already done."""
-        if not isinstance(exception, BaseException):
-            raise TypeError(f"set_exception() needs an exception, not {type(exception).__qualname__}")
-        if not self._set_exception(exception):
-            raise cf.InvalidStateError(f"{self!r} is already done")
 
     # -- the rest ---------------------------------------------------------------------------------
 

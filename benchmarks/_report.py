@@ -51,7 +51,8 @@ def table(result: GroupResult) -> Table:
         if s["role"] == "asyncbridge":
             name = f"[bold]{name}[/bold]"
         if s["status"] != "ok":
-            t.add_row(name, "", "", "", "", f"[dim]{escape(s['status'])}: {escape(s.get('reason', ''))}[/dim]")
+            why = escape(f"{s['status']}: {s.get('reason', '')}")
+            t.add_row(name, "", "", "", "", f"[dim]{why}[/dim]")
             continue
         ratio = s["ratio"]
         ratio_text = ("-" if g.floor else "n/a") if ratio is None else f"{ratio:.2f}x"

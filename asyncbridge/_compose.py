@@ -285,8 +285,10 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
         self._lock = threading.Lock()
         self._ready: collections.deque[Any] = collections.deque()
         self._signal: Result[None] | None = None  # set when something is ready for a waiting reader
-        # One bound method for every member (a partial per member makes 100,000 objects the cyclic
-        # GC keeps scanning); the few members that are not handles map back to the object given.
+        # One waiter for every member, on each member's waiter list as cf.as_completed does (a
+        # done-callback costs a tuple per member, and a partial per member would make 100,000
+        # objects the cyclic GC keeps scanning); the few members that are not handles map back to
+        # the object given.
         self._given: dict[Result[Any], Any] = {}
         self._unfinished: set[Result[Any]] = set()  # to detach from if the iteration stops early
         # Members hold this iterator only weakly: one abandoned mid-way is freed, not fed for ever.
@@ -296,7 +298,9 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
             if h is not original and isinstance(original, cf.Future | asyncio.Future):
                 self._given[h] = original
             self._unfinished.add(h)
-            h.add_done_callback(push)
+            h._sync()  # a lazily bound member binds now, so that its end is reported
+            if not h._add_waiter(push):  # already done
+                push(h)
 
     def _push(self, h: Result[Any]) -> None:
         item = self._given.pop(h, h) if self._given else h
@@ -340,7 +344,7 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
             self._ready.clear()
             self._given.clear()
         for h in unfinished:
-            h.remove_done_callback(self._push_ref)
+            h._remove_waiter(self._push_ref)
 
     def __iter__(self) -> Iterator[T]:
         try:
@@ -392,6 +396,9 @@ class _WeakPush:
         it = self._ref()
         if it is not None:
             it._push(h)
+
+    # cf's waiter protocol: called by the member as it ends, in the thread that ends it.
+    add_result = add_exception = add_cancelled = __call__
 
 
 class _AsyncAsCompleted(Generic[T]):

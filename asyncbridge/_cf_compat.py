@@ -26,7 +26,7 @@ class CfFuture(Generic[T]):
         _lock: threading.Lock
         _st: State
         _value: Any
-        _wl: list[Any] | None
+        _wl: Any
         _cond: threading.Condition | None
         _attempts: int
 
@@ -57,8 +57,8 @@ class CfFuture(Generic[T]):
     def _waiters(self) -> list[Any]:
         # cf reads this while holding _condition, which is our lock.
         wl = self._wl
-        if wl is None:
-            wl = self._wl = []
+        if type(wl) is not list:  # None, or one waiter kept bare (see Result._wl)
+            wl = self._wl = [] if wl is None else [wl]
         return wl
 
     @_waiters.setter

@@ -127,7 +127,7 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     _value: Any
     _tb: TracebackType | None
     _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
-    _wl: list[Any] | None
+    _wl: Any  # None, one waiter (kept bare: most handles never have a second), or a list of them
     _cond: threading.Condition | None
     _id: str | None
     _hooks: list[Callable[[], object]] | None
@@ -309,11 +309,11 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
                 return False
             waiters, callbacks = self._store(value, tb)
             self._st = to  # last: see _may_move
-        if waiters or callbacks:
+        if waiters is not None or callbacks:
             self._notify(to, waiters, callbacks)
         return True
 
-    def _store(self, value: Any, tb: TracebackType | None) -> tuple[list[Any] | None, Any]:
+    def _store(self, value: Any, tb: TracebackType | None) -> tuple[Any, Any]:
         """Keep the outcome and take what must be woken; the caller holds the lock and has moved."""
         self._value = value
         self._tb = tb
@@ -321,9 +321,9 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         self._src = None  # the source is done: drop it (and what it holds)
         self._probe = None
         waiters = self._wl
-        if waiters:
+        if type(waiters) is list:
             # cf.wait removes its waiter from this very list later: copy, never clear
-            waiters = list(waiters)
+            waiters = list(waiters) if waiters else None
         callbacks = self._callbacks
         self._callbacks = None
         self._watchers = None
@@ -331,14 +331,19 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         pw = self._pw
         if pw:  # progress() readers wake to see the end
             self._pw = None
-            waiters = pw if not waiters else waiters + pw
+            if waiters is None:
+                waiters = pw
+            elif type(waiters) is list:
+                waiters = waiters + pw
+            else:
+                waiters = [waiters, *pw]
         return waiters, callbacks
 
-    def _notify(self, to: State, waiters: list[Any] | None, callbacks: Any) -> None:
+    def _notify(self, to: State, waiters: Any, callbacks: Any) -> None:
         # Everything here runs outside the lock: waking loops writes to sockets, callbacks are
-        # user code.
-        if waiters:
-            for waiter in waiters:
+        # user code. ``waiters``: None, one waiter, or a list of them (see _wl).
+        if waiters is not None:
+            for waiter in waiters if type(waiters) is list else (waiters,):
                 try:
                     if to is SUCCESS:
                         waiter.add_result(self)
@@ -377,17 +382,22 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         with self._lock:
             if self._st in _TERMINAL:
                 return False
-            if self._wl is None:
-                self._wl = [waiter]
+            wl = self._wl
+            if wl is None:
+                self._wl = waiter  # no list for the one waiter most handles ever have
+            elif type(wl) is list:
+                wl.append(waiter)
             else:
-                self._wl.append(waiter)
+                self._wl = [wl, waiter]
             return True
 
     def _remove_waiter(self, waiter: object) -> None:
         """Withdraw ``waiter`` (timed out, cancelled or interrupted), if it is still on the list."""
         with self._lock:
             wl = self._wl
-            if wl is not None and waiter in wl:
+            if wl is waiter:
+                self._wl = None
+            elif type(wl) is list and waiter in wl:
                 wl.remove(waiter)
 
     def _adopt(self, src: Any) -> bool:

@@ -183,6 +183,12 @@ def make() -> Iterator[Maker]:
     maker.close()
 
 
+def has_waiter(h: ab.Result[Any]) -> bool:
+    """Whether some caller waits on ``h``, read as cf.wait reads it: under the future's condition."""
+    with h._condition:
+        return bool(h._waiters)
+
+
 def when_waited(h: ab.Result[Any], action: Callable[[], object]) -> threading.Thread:
     """Run ``action`` in a new thread once some caller blocks on ``h`` (its cf waiter list, which
     ``get()``/``result()``/``exception()`` join, is not empty), so the test acts on a waiting caller,
@@ -190,7 +196,7 @@ def when_waited(h: ab.Result[Any], action: Callable[[], object]) -> threading.Th
 
     def run() -> None:
         deadline = time.monotonic() + HANG
-        while not h._waiters and time.monotonic() < deadline:
+        while not has_waiter(h) and time.monotonic() < deadline:
             time.sleep(0.0005)  # polling a condition, not timing an outcome
         action()
 
@@ -389,7 +395,7 @@ def test_set_running_or_notify_cancel_follows_the_executor_protocol() -> None:
     t.start()
     try:
         deadline = time.monotonic() + HANG
-        while not r._waiters and time.monotonic() < deadline:
+        while not has_waiter(r) and time.monotonic() < deadline:
             time.sleep(0.0005)  # polling a condition: cf.wait has joined the waiter list
         assert r.cancel()
         assert r.set_running_or_notify_cancel() is False

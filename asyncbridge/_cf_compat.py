@@ -29,8 +29,9 @@ class CfFuture(Generic[T]):
         _wl: Any
         _cond: threading.Condition | None
         _attempts: int
+        _activate: Any
 
-        def _sync(self) -> None: ...
+        def _bind_now(self) -> None: ...
         def _set_result(self, value: T) -> bool: ...
         def _set_exception(self, exc: BaseException) -> bool: ...
     else:
@@ -42,7 +43,11 @@ class CfFuture(Generic[T]):
 
     @property
     def _condition(self) -> threading.Condition:
-        self._sync()  # cf.wait fetches this before it takes the lock: bind a lazy source now
+        # cf.wait fetches this before it takes the lock: bind a lazy source now. Only that half of
+        # _sync(): cf reads this again to release the lock while holding it (and other futures'
+        # locks), and a probe that finds the source started would take this very lock.
+        if self._activate is not None:
+            self._bind_now()
         cond = self._cond
         if cond is None:
             # Two threads racing here make two Conditions over the same lock, which is harmless.
@@ -55,7 +60,8 @@ class CfFuture(Generic[T]):
 
     @property
     def _waiters(self) -> list[Any]:
-        # cf reads this while holding _condition, which is our lock.
+        # cf reads this while holding _condition, which is our lock; so must anyone else: a bare
+        # waiter becomes a list here, and an unlocked read could drop a waiter joining meanwhile.
         wl = self._wl
         if type(wl) is not list:  # None, or one waiter kept bare (see Result._wl)
             wl = self._wl = [] if wl is None else [wl]

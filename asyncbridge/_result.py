@@ -324,6 +324,8 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         if type(waiters) is list:
             # cf.wait removes its waiter from this very list later: copy, never clear
             waiters = list(waiters) if waiters else None
+        else:  # None, or a bare waiter of ours (cf's join a list): let it go with the wake-up
+            self._wl = None
         callbacks = self._callbacks
         self._callbacks = None
         self._watchers = None
@@ -367,14 +369,19 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         lock held.
         """
         if self._activate is not None:
-            with self._lock:
-                act = self._activate
-                self._activate = None
-            if act is not None:
-                act(self)
+            self._bind_now()
         probe = self._probe
         if probe is not None and self._st is PENDING and probe():
             self._set_started()
+
+    def _bind_now(self) -> None:
+        """Run the lazy binding ``_activate`` once, whoever comes first. Takes only this handle's
+        lock, and runs no callback and wakes no waiter: everything that registers one binds first."""
+        with self._lock:
+            act = self._activate
+            self._activate = None
+        if act is not None:
+            act(self)
 
     def _add_waiter(self, waiter: object) -> bool:
         """Put ``waiter`` (woken through cf's waiter protocol) on the list the end wakes; False if the

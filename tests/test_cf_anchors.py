@@ -1073,3 +1073,24 @@ async def test_stop_iteration_as_the_outcome_is_not_lost() -> None:
     with pytest.raises(RuntimeError, match="raised StopIteration") as raised:
         await h
     assert raised.value.__cause__ is stop
+
+
+def test_cf_wait_lets_go_of_a_wrapped_future_that_started_while_it_held_the_lock() -> None:
+    """cf.wait and cf.as_completed take every future's ``_condition`` around their checks and read
+    it again to release it. A wrapped cf.Future whose executor started it in between must not make
+    that second read take the lock cf still holds (it did: reporting STARTED took it, for ever)."""
+    src: cf.Future[int] = cf.Future()
+    h = ab.wrap(src)
+    locked = cf._base._AcquireFutures([h])  # what cf.wait does, exactly
+
+    def check_while_it_starts() -> None:
+        with locked:
+            assert src.set_running_or_notify_cancel()  # the executor starts the work meanwhile
+
+    t = threading.Thread(target=check_while_it_starts, daemon=True)
+    t.start()
+    t.join(HANG)
+    assert not t.is_alive(), "cf's release of the handle's lock deadlocked"
+    assert h.running() and h.state is ab.State.STARTED
+    src.set_result(7)
+    assert h.get(HANG) == 7

@@ -264,19 +264,16 @@ PEAK_SIZED_TABLES = [
 ]
 
 
-def filtered_snapshot() -> tracemalloc.Snapshot:
-    """What is traced now, leaving out ``PEAK_SIZED_TABLES``."""
+def settled_snapshot() -> tracemalloc.Snapshot:
+    """What is traced once the library's threads are quiet and after gc, leaving out
+    ``PEAK_SIZED_TABLES``."""
+    quiesce()
+    gc.collect()
     return tracemalloc.take_snapshot().filter_traces(PEAK_SIZED_TABLES)
 
 
-def traced_now(settle: bool = True, *, whole: bool = False) -> int:
-    """Bytes traced now, after gc, leaving out ``PEAK_SIZED_TABLES`` unless ``whole``."""
-    if settle:
-        quiesce()
-    gc.collect()
-    if whole:
-        return tracemalloc.get_traced_memory()[0]
-    return sum(stat.size for stat in filtered_snapshot().statistics("filename"))
+def size_of(snapshot: tracemalloc.Snapshot) -> int:
+    return sum(stat.size for stat in snapshot.statistics("filename"))
 
 
 def grown_lines(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 8) -> str:
@@ -293,24 +290,33 @@ def test_memory_is_flat_over_rounds(kind: str) -> None:
         for _ in range(3):  # warm-up: free lists, caches, the library's threads, containers at their peak
             memory_round(kind, n)
         growth = []
-        traced_now()  # warm-up of the measure itself: a snapshot's filters fill fnmatch's caches
-        last = traced_now()
-        first_snapshot = filtered_snapshot()
+        settled_snapshot()  # warm-up of the measure itself: a snapshot's filters fill fnmatch's caches
+        first = last = settled_snapshot()
+        last_size = size_of(last)
         for _ in range(ROUNDS):
             memory_round(kind, n)
-            now = traced_now()
-            growth.append(now - last)
-            last = now
-        where = grown_lines(first_snapshot, filtered_snapshot())
+            last = settled_snapshot()
+            size = size_of(last)
+            growth.append(size - last_size)
+            last_size = size
     print(f"\nmemory, {kind}: {ROUNDS} rounds x {n:,} handles; growth per round (B): {growth}")
-    assert all(g < GROWTH_PER_ROUND for g in growth), f"growth per round {growth}; grew most:\n{where}"
+    # The message (which lines grew) is worked out only if the assertion fails.
+    assert all(g < GROWTH_PER_ROUND for g in growth), (
+        f"growth per round {growth}; grew most:\n{grown_lines(first, last)}"
+    )
+
+
+def traced_bytes() -> int:
+    """Bytes traced now, after gc, all of them."""
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
 
 
 def pending_cost(make: Callable[[int], list[Any]], n: int) -> float:
     """Bytes per object, traced, for ``n`` objects that ``make`` creates and keeps (after gc)."""
-    before = traced_now(settle=False, whole=True)  # the pool is full of blockers here
+    before = traced_bytes()  # the pool is full of blockers here
     kept = make(n)
-    cost = (traced_now(settle=False, whole=True) - before) / n
+    cost = (traced_bytes() - before) / n
     del kept
     return cost
 

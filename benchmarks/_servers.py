@@ -32,6 +32,7 @@ class Process:
 
     def __init__(self, argv: list[str], ready_text: str, env: dict[str, str], name: str, cwd: Path) -> None:
         self.name = name
+        self.stopped = False  # stop() was called: an exit from now on is expected
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self._ready = threading.Event()
         self._text = ready_text
@@ -74,6 +75,7 @@ class Process:
         """SIGTERM to its whole process group, SIGKILL after 20 s. Its stdout is closed only once the
         reader has seen its end: a child that outlived its parent would otherwise keep the pipe open
         and the close would wait on the reader for ever."""
+        self.stopped = True
         if self.proc.poll() is None:
             self._signal_group(signal.SIGTERM)
             try:

@@ -81,12 +81,31 @@ os.environ.setdefault("ABTEST_DIR", tempfile.mkdtemp(prefix="asyncbridge-celery-
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 
 
+#: Every Celery worker the tests started, watched by celery_workers_outlive_each_test.
+CELERY_WORKERS: list[Process] = []
+
+
 def start_celery_worker(extra_env: dict[str, str]) -> Process:
     env = {**os.environ, **extra_env, "PYTHONPATH": str(TESTS_DIR)}
     argv = servers.celery_worker_argv("celery_app", concurrency=2, loglevel="INFO")
     worker = Process(argv, " ready.", env, "celery-worker", TESTS_DIR)
     worker.wait_ready()
+    CELERY_WORKERS.append(worker)
     return worker
+
+
+@pytest.fixture(autouse=True)
+def celery_workers_outlive_each_test() -> Iterator[None]:
+    """A Celery worker that dies during a test is reported by that test, with the worker's last
+    output, rather than by the tests after it, which would wait on it and time out."""
+    yield
+    for worker in CELERY_WORKERS:
+        if not worker.stopped and worker.proc.poll() is not None:
+            worker.stopped = True  # reported once
+            pytest.fail(
+                f"the Celery worker (pid {worker.proc.pid}) exited with {worker.proc.returncode} during "
+                f"this test; its last output:\n{worker.output()}"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,21 @@ _get_running_loop = get_running_loop
 _ID_LOCK = threading.Lock()
 
 
+def _is_loop_bound(fn: Callable[..., object]) -> bool:
+    """Whether ``fn`` is one of asyncio's own callbacks that must run on its loop's thread.
+
+    asyncio's functions (``wait`` above all) register callbacks that touch their loop without
+    ``call_soon_threadsafe``, because an asyncio future runs its callbacks on its loop. The callbacks
+    of ``asyncio.wrap_future`` (``_chain_future``) are the exception: written for a
+    ``concurrent.futures.Future``, they hop to their loop themselves, so they run where they are.
+    """
+    target = getattr(fn, "func", fn)  # functools.partial
+    module = getattr(target, "__module__", None)
+    if not (isinstance(module, str) and module.startswith(("asyncio.", "uvloop"))):
+        return False
+    return not getattr(target, "__qualname__", "").startswith("_chain_future.")
+
+
 class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
@@ -569,12 +584,18 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         done), or, with ``loop=``, on that loop through ``call_soon_threadsafe``. ``get()`` may return
         before ``fn`` has run. If ``fn`` raises, the error is logged to the ``asyncbridge`` logger and
         the other callbacks still run.
+
+        One exception to the thread rule: a callback that asyncio itself registers from a running
+        loop (``asyncio.wait`` treats any object with ``add_done_callback`` as an asyncio future)
+        runs on that loop, as an asyncio future would run it.
         """
         if not callable(fn):
             close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
             raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__qualname__}")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
+        if loop is None and _is_loop_bound(fn):
+            loop = _get_running_loop()
         self._sync()
         pin = self._pin
         if pin is not None:

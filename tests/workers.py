@@ -163,3 +163,24 @@ def process_square(x: int) -> int:
 @ab.task(engine="process", timeout=0.2)
 def process_sleeps_past_its_limit() -> None:
     time.sleep(60)
+
+
+def signal_then_wait(started_fifo: str, release_fifo: str) -> str:
+    """Say it runs through one named pipe, then block until released through another: an event pair
+    with no Manager process behind it (a forked copy of the caller must share nothing with it).
+    Opening ``started_fifo`` blocks until the caller opens it to read; the caller holds
+    ``release_fifo`` open (read-write, so that neither side blocks in ``open``) and writes a line to
+    release the task."""
+    with open(started_fifo, "w") as f:
+        f.write("started")
+    with open(release_fifo) as f:
+        return f.readline().strip()
+
+
+def released_outcome(release: Any, value: str, error: str | None = None) -> str:
+    """``value`` (or :class:`CustomError` with ``error``) once ``release`` (a manager Event) is set."""
+    if not release.wait(30):
+        raise TimeoutError("the test never released its work")
+    if error is not None:
+        raise CustomError(error)
+    return value

@@ -1002,18 +1002,40 @@ def test_asyncio_wrap_future_of_a_handle_cancels_it() -> None:
 
 
 def test_asyncio_wrap_future_cancelled_after_the_handle_finished_keeps_its_value() -> None:
-    """Anchor: asyncio test_futures.py::test_wrap_future_cancel2: the handle finished first, so
-    cancelling the asyncio future leaves the handle's value alone."""
-
-    async def main() -> tuple[bool, ab.State, int]:
+    """Anchor: asyncio test_futures.py::test_wrap_future_cancel2: the handle finished first (with
+    its loop not running, as there), so cancelling the asyncio future leaves the handle's value
+    alone; the asyncio future, whose copy of the value was still on its way to the loop, ends
+    cancelled."""
+    loop = asyncio.new_event_loop()
+    try:
         h: ab.Result[int] = ab.Result()
-        fut = asyncio.wrap_future(h)
+        fut = asyncio.wrap_future(h, loop=loop)
         h.set_result(42)
         fut.cancel()
-        await asyncio.sleep(0)
-        return fut.cancelled(), h.state, h.result(0)
+        loop.run_until_complete(asyncio.sleep(0))  # the anchor's test_utils.run_briefly
+        assert (fut.cancelled(), h.state, h.result(0)) == (True, S.SUCCESS, 42)
+    finally:
+        loop.close()
 
-    assert asyncio.run(main()) == (True, S.SUCCESS, 42)
+
+def test_asyncio_wrap_future_of_a_handle_finished_on_its_loop_acts_as_over_a_cf_future() -> None:
+    """The same, the handle finished on the loop's own thread: the handle keeps its value, and the
+    asyncio future does what it does over a plain ``cf.Future`` on this Python. Before gh-105836
+    (3.11 to 3.13.0 here) the value still hops to the loop and the cancel wins; with it (3.14, later
+    3.13.x) asyncio copies the value at once, on its own loop, and refuses the cancel. That part is
+    asyncio's, not the handle's: a handle is a ``cf.Future`` (the README), so it must not differ."""
+
+    async def finish_then_cancel(src: cf.Future[int]) -> tuple[bool, bool]:
+        fut = asyncio.wrap_future(src)
+        src.set_result(42)
+        accepted = fut.cancel()
+        await asyncio.sleep(0)
+        return accepted, fut.cancelled()
+
+    h: ab.Result[int] = ab.Result()
+    over_handle = asyncio.run(finish_then_cancel(h))
+    assert (h.state, h.result(0)) == (S.SUCCESS, 42)
+    assert over_handle == asyncio.run(finish_then_cancel(cf.Future()))
 
 
 @pytest.mark.anyio

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-from ._errors import revoked_error
+from ._errors import format_seconds, revoked_error
 from ._state import _TERMINAL, FAILURE, REVOKED, SUCCESS, State
 from ._waiters import _ThreadWaiter, check_timeout, get_running_loop
 
@@ -50,6 +50,7 @@ class Blocking(Generic[T]):
         _src: Any
 
         def _sync(self) -> None: ...
+        def _mark_read(self) -> None: ...
         def _adopt(self, src: Any) -> bool: ...
         def _set_exception(self, exc: BaseException) -> bool: ...
         def _add_waiter(self, waiter: object) -> bool: ...
@@ -161,8 +162,9 @@ class Blocking(Generic[T]):
         """
         timeout = check_timeout(timeout)
         if not self._block(timeout, "get"):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
+            raise self._ran_out(timeout)
         if not propagate and self._st is not SUCCESS:
+            self._mark_read()
             return self._value  # type: ignore[no-any-return]
         try:
             return self._outcome()
@@ -173,7 +175,7 @@ class Blocking(Generic[T]):
         """``concurrent.futures.Future.result``: :meth:`get` with ``propagate=True``."""
         timeout = check_timeout(timeout)
         if not self._block(timeout, "result"):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
+            raise self._ran_out(timeout)
         try:
             return self._outcome()
         finally:
@@ -187,21 +189,30 @@ class Blocking(Generic[T]):
         """
         timeout = check_timeout(timeout)
         if not self._block(timeout, "exception"):
-            raise TimeoutError(f"{self!r} did not finish within {timeout} s (the work goes on)")
+            raise self._ran_out(timeout)
         st = self._st
         if st is REVOKED:
             raise cf.CancelledError() from None
-        return self._value if st is FAILURE else None
+        if st is FAILURE:
+            self._mark_read()
+            return self._value  # type: ignore[no-any-return]
+        return None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done or ``timeout``; return whether the handle is done. Never raises the
         work's exception (the RuntimeError of :meth:`get` still applies)."""
         return self._block(check_timeout(timeout), "wait")
 
+    def _ran_out(self, timeout: float | None) -> TimeoutError:
+        """The error of a blocking read whose ``timeout`` ran out (never None then)."""
+        waited = format_seconds(timeout or 0.0)
+        return TimeoutError(f"{self!r} did not finish within {waited} (the work goes on)")
+
     def _outcome(self) -> T:
         st = self._st
         if st is SUCCESS:
             return self._value  # type: ignore[no-any-return]
+        self._mark_read()
         exc, tb = self._value, self._tb
         del self  # this frame ends up in the raised error's traceback: it must not hold the handle
         try:

@@ -27,6 +27,7 @@ Everything else is a standard exception, chosen so that existing ``except`` clau
 from __future__ import annotations
 
 import asyncio
+import math
 from types import CoroutineType
 
 
@@ -86,6 +87,21 @@ class TimeLimitExceeded(TimeoutError):
     with it once the work has stopped: raised by ``checkpoint()`` in thread and process work,
     after the worker was terminated for process work that did not check, by cancelling a coroutine.
     """
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for a message a user reads: three significant digits at most, in plain notation,
+    with its unit (``0.1`` -> ``"0.1 s"``, ``0.09989834900034111`` -> ``"0.0999 s"``, ``30.0`` ->
+    ``"30 s"``, ``120.7`` -> ``"121 s"``). Every message of the library that states seconds (time
+    limits, ``get(timeout=)``) goes through here, so they all read alike."""
+    if not math.isfinite(seconds) or seconds == 0 or not 1e-6 <= abs(seconds) < 1e6:
+        return f"{seconds:.3g} s"  # none, or out of any useful range: short, whatever the notation
+    # Decimals that keep 3 significant digits (none from 100 s up; no exponent below 0.001 s).
+    decimals = max(0, 2 - math.floor(math.log10(abs(seconds))))
+    text = f"{seconds:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} s"
 
 
 def close_coroutines(*objs: object) -> None:

@@ -70,7 +70,7 @@ def _ops(stack: ExitStack) -> list[tuple[Candidate, Op | None]]:
     cpus = os.cpu_count() or 1
     out: list[tuple[Candidate, Op | None]] = []
 
-    # asyncbridge first: its pools ask the forkserver to preload asyncbridge._process, which only
+    # asyncbridge first: its pools ask the forkserver to preload asyncbridge._process_boot, which only
     # holds if they are made before the forkserver starts (it is shared by every pool here).
     own = ab.ProcessPool(WORKERS, start_method=START_METHOD)
     stack.callback(own.shutdown)

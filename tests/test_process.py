@@ -7,9 +7,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import multiprocessing.managers
+import os
 import signal
+import subprocess
 import sys
+import textwrap
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,7 +35,7 @@ def manager() -> Iterator[multiprocessing.managers.SyncManager]:
 def pool() -> Iterator[ab.ProcessPool]:
     p = ab.ProcessPool(2)
     yield p
-    p.shutdown(wait=True, cancel_futures=True)
+    p.shutdown(wait=True, cancel_futures=True, cancel_running=True)
 
 
 def test_values_and_arguments_cross_the_boundary(pool: ab.ProcessPool) -> None:
@@ -203,13 +208,39 @@ def test_cancel_requested_lets_process_work_stop_on_its_own_terms(manager: Any) 
         patient.shutdown()
 
 
-def test_shutdown_cancel_futures_revokes_queued_and_running_work(manager: Any) -> None:
+def test_shutdown_cancel_futures_revokes_queued_work_and_lets_running_work_finish(manager: Any) -> None:
+    """Issue 9, item 6: as ``ProcessPoolExecutor.shutdown(cancel_futures=True)``: the queued tasks are
+    revoked, the running one finishes and delivers its value, and ``wait=True`` returns after it."""
+    solo = ab.ProcessPool(1)
+    started, release = manager.Event(), manager.Event()
+    running = solo.submit(workers.asks_politely, started, release)  # says whether it was asked to stop
+    queued = [solo.submit(workers.square, i) for i in range(3)]
+    assert started.wait(30)
+    closer = threading.Thread(target=solo.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    closer.start()
+    try:
+        done, _ = cf.wait(queued, timeout=30)  # revoked by shutdown() itself, before it waits
+        assert done == set(queued) and all(h.state is ab.State.REVOKED for h in queued)
+        assert closer.is_alive() and not running.done()  # shutdown(wait=True) waits for it
+        assert not running.cancel_requested()
+        with pytest.raises(RuntimeError, match="shut down"):
+            solo.submit(workers.square, 1)
+    finally:
+        release.set()
+        closer.join(30)
+    assert not closer.is_alive()
+    assert running.state is ab.State.SUCCESS and running.get(0) == "ran to the end"
+
+
+def test_shutdown_cancel_running_stops_running_work_too(manager: Any) -> None:
+    """``cancel_running=True`` also cancels the running tasks, as ``handle.cancel()`` does (their
+    ``checkpoint()`` raises, then their workers are terminated): the way to stop a pool now."""
     solo = ab.ProcessPool(1)
     started = manager.Event()
     running = solo.submit(workers.stubborn, started)
     queued = [solo.submit(workers.square, i) for i in range(3)]
     assert started.wait(30)
-    solo.shutdown(wait=True, cancel_futures=True)
+    solo.shutdown(wait=True, cancel_futures=True, cancel_running=True)
     assert running.state is ab.State.REVOKED
     assert all(h.state is ab.State.REVOKED for h in queued)
     with pytest.raises(RuntimeError, match="shut down"):
@@ -279,3 +310,269 @@ async def test_awaiter_timeout_cancels_process_work(pool: ab.ProcessPool, manage
 def test_python_version_note() -> None:
     # The default start method is chosen explicitly, whatever the platform default.
     assert ab.ProcessPool(1).start_method == ("forkserver" if sys.platform != "win32" else "spawn")
+
+
+# -- scripts of their own: fork, and what a user's main module does to process work ----------------
+
+TESTS = Path(__file__).resolve().parent
+SCRIPT_HANG = 90.0  # a hang guard only: a child interpreter that starts pools and forks
+
+
+def run_python(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a child interpreter (``python *args``) to its end, with a hang guard; it finds asyncbridge
+    and the tests' worker modules (and so do its worker processes, which take its sys.path)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
+    return subprocess.run(
+        [sys.executable, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_HANG,
+        env=env,
+        cwd=cwd,
+    )
+
+
+FORK_SCRIPT = """
+    import os, select, sys
+    import asyncbridge as ab
+    import workers
+
+    HANG = 60.0
+    started, release = sys.argv[1], sys.argv[2]
+    releaser = os.open(release, os.O_RDWR)  # held open: the task's open() never blocks on it
+    own = ab.ProcessPool(1)
+    assert ab.run_in_process(workers.square, 3).get(HANG) == 9  # the shared pool has a worker
+    assert own.submit(workers.square, 4).get(HANG) == 16  # and so has a pool of the program's own
+    across = ab.run_in_process(workers.signal_then_wait, started, release)  # runs across the fork
+    with open(started) as f:  # blocks until the task runs
+        assert f.read() == "started"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: fresh pools on first use; the parent's task is not the child's
+        os.close(r)
+        os.close(releaser)
+        try:  # its copy of the handle must end at once: no thread or worker of the child runs it
+            lost = across.get(10, propagate=False)
+        except TimeoutError as exc:
+            lost = exc
+        square = ab.run_in_process(workers.square, 5).get(HANG)
+        own_square = own.submit(workers.square, 6).get(HANG)
+        os.write(w, f"{square} {own_square} {lost!r}".encode())
+        sys.exit(0)  # a normal exit: the child's atexit handlers run (and must spare the parent's workers)
+    os.close(w)
+    report = b""
+    while True:
+        ready, _, _ = select.select([r], [], [], HANG)
+        if not ready:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            sys.exit(f"the forked child hangs; so far {report!r}")
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break  # the child has exited (or closed everything on its way out)
+        report += chunk
+    _, status = os.waitpid(pid, 0)
+    print("child exit", os.waitstatus_to_exitcode(status))
+    print("child", report.decode())
+    os.write(releaser, b"released\\n")
+    print("across", across.get(HANG, propagate=False))
+    os.close(releaser)
+    print("parent", ab.run_in_process(workers.square, 7).get(HANG), own.submit(workers.square, 8).get(HANG))
+    own.shutdown()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_process_work_runs_in_a_child_forked_after_the_parent_used_it(tmp_path: Path) -> None:
+    """Issue 9, item 3: a parent that used process work (the shared pool and a pool of its own) forks,
+    as gunicorn --preload and Celery's prefork parents do. The child gets fresh pools on first use,
+    the parent's task that runs across the fork fails in the child's copy only (saying so), the
+    child's normal exit spares the parent's workers, and the parent's pools still serve."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    done = run_python("-c", textwrap.dedent(FORK_SCRIPT), str(started), str(release), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "child exit 0", done.stdout + done.stderr
+    child = lines[1].split(" ", 3)
+    assert child[:3] == ["child", "25", "36"], done.stdout
+    assert "RuntimeError" in child[3] and "forked" in child[3], child[3]
+    assert lines[2:] == ["across released", "parent 49 64"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+# -- issue 9, item 11: messages a user reads ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.1, "0.1 s"),
+        (0.09989834900034111, "0.0999 s"),
+        (1 / 3, "0.333 s"),
+        (0.09999, "0.1 s"),  # rounding up to the next decade keeps 3 significant digits, no more
+        (2.5, "2.5 s"),
+        (30, "30 s"),
+        (30.0, "30 s"),
+        (120.7, "121 s"),
+        (3600, "3600 s"),
+        (0, "0 s"),
+        (0.0, "0 s"),
+        (1e-5, "0.00001 s"),
+        (float("inf"), "inf s"),
+    ],
+)
+def test_format_seconds_is_short_and_plain(seconds: float, text: str) -> None:
+    from asyncbridge._errors import format_seconds
+
+    assert format_seconds(seconds) == text
+
+
+def test_time_limit_messages_say_their_seconds_readably() -> None:
+    """A TimeLimitExceeded says the limit as given, rounded: not ``0.03333333333333333 s``."""
+    in_a_thread = ab.task(timeout=1 / 30)(workers.checks_forever).delay()
+    exc = in_a_thread.exception(30)
+    assert isinstance(exc, ab.TimeLimitExceeded), repr(exc)
+    assert "exceeded its time limit of 0.0333 s" in str(exc), str(exc)
+    in_a_process = ab.task(engine="process", timeout=1 / 30)(workers.sleeps_forever).delay()
+    exc = in_a_process.exception(60)
+    assert isinstance(exc, ab.TimeLimitExceeded), repr(exc)
+    assert "exceeded its time limit of 0.0333 s and was stopped" in str(exc), str(exc)
+    checked_in_a_process = ab.task(engine="process", timeout=1 / 30)(workers.checks_forever).delay()
+    exc = checked_in_a_process.exception(60)  # raised by checkpoint() inside the worker
+    assert isinstance(exc, ab.TimeLimitExceeded), repr(exc)
+    assert "exceeded its time limit of 0.0333 s" in str(exc), str(exc)
+
+
+def test_get_timeout_message_says_its_seconds_readably() -> None:
+    h: ab.Result[int] = ab.Result()
+    for read in (h.get, h.result, h.exception):
+        with pytest.raises(TimeoutError, match=r"did not finish within 0\.0333 s \(the work goes on\)$"):
+            read(1 / 30)
+
+
+def test_lambdas_and_local_functions_are_refused_naming_why(pool: ab.ProcessPool) -> None:
+    """They cannot be pickled by name: the error says which function, why, and what to do."""
+
+    def local_square(x: int) -> int:
+        return x * x
+
+    with pytest.raises(TypeError) as info:
+        pool.submit(lambda: 1)
+    text = str(info.value)
+    assert "cannot send the function <function test_lambdas" in text and "<lambda>" in text, text
+    assert "a lambda has no name" in text and "module's top level" in text, text
+    with pytest.raises(TypeError) as info:
+        pool.submit(local_square, 3)
+    text = str(info.value)
+    assert "local_square" in text and "defined inside another function" in text, text
+    assert "module's top level" in text and "run_in_thread()" in text, text
+
+
+MAIN_WITHOUT_A_FILE = """
+import asyncbridge as ab
+import workers
+
+def double(x):
+    return 2 * x
+
+class Point:
+    pass
+
+for call in (lambda: ab.run_in_process(double, 21), lambda: ab.run_in_process(workers.describe, Point())):
+    try:
+        h = call()
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}")
+    else:
+        print("no error at the call; the worker said:", repr(h.get(60, propagate=False)))
+print("served", ab.run_in_process(workers.square, 4).get(60))  # importable functions still run
+"""
+
+
+def test_a_function_defined_in_python_c_is_refused_at_the_call(tmp_path: Path) -> None:
+    """Issue 9, item 11: ``python -c`` (or the REPL) has a main module without a file, which a worker
+    process cannot import: what it defines fails at the call, named, not later in the worker."""
+    done = run_python("-c", MAIN_WITHOUT_A_FILE, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    double, point, served = done.stdout.splitlines()
+    for line, name in ((double, "double"), (point, "Point")):
+        assert line.startswith("TypeError: run_in_process() cannot send"), line
+        assert f"{name} is defined in __main__" in line and "has no file" in line, line
+        assert "python -c" in line and "run_in_thread()" in line, line
+    assert served == "served 16", done.stdout
+
+
+def test_a_program_read_from_stdin_is_refused_at_the_call(tmp_path: Path) -> None:
+    """Its main module's "file" is ``<stdin>``, which every worker would fail to run: refused at the
+    call, saying so, rather than a WorkerCrashed ``exited with code 1`` per task."""
+    script = "import asyncbridge as ab, workers\ntry:\n    ab.run_in_process(workers.square, 3)\n"
+    script += "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n"
+    done = run_python("-", stdin=script, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("RuntimeError: "), done.stdout + done.stderr
+    assert "standard input" in done.stdout and "'<stdin>'" in done.stdout, done.stdout
+
+
+NO_MAIN_GUARD = """
+import sys
+import asyncbridge as ab
+import workers
+
+pool = ab.ProcessPool(1, start_method=sys.argv[1])
+outcome = pool.submit(workers.square, 7).get(60, propagate=False)
+print(f"{type(outcome).__name__}: {outcome}")
+"""
+
+
+@pytest.mark.parametrize("method", [m for m in ("forkserver", "spawn") if m in METHODS])
+def test_a_script_without_a_main_guard_is_told_about_the_guard(tmp_path: Path, method: str) -> None:
+    """Issue 9, item 11: a worker runs the main script again; without ``if __name__ == '__main__':``
+    it starts process work from there, which multiprocessing forbids, and the worker fails while
+    starting. The caller's handle says so and names the guard (with forkserver, the worker's own
+    error comes back; with spawn, the crash names the likely cause)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(NO_MAIN_GUARD)
+    done = run_python(str(script), method, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert "if __name__ == '__main__':" in line and "unguarded.py" in line, line
+    if method == "forkserver":
+        assert line.startswith("RuntimeError: the worker process could not import the main module"), line
+        assert "its top-level code starts process work" in line, line  # what the worker found
+    else:
+        assert line.startswith("WorkerCrashed: worker process") and "while starting" in line, line
+
+
+GUARDED_DEFINITION = """
+import asyncbridge as ab
+
+if __name__ == "__main__":
+    def triple(x):
+        return 3 * x
+
+    outcome = ab.run_in_process(triple, 3).get(60, propagate=False)
+    print(f"{type(outcome).__name__}: {outcome}")
+"""
+
+
+def test_a_function_defined_under_the_main_guard_is_named_by_the_worker_error(tmp_path: Path) -> None:
+    """The worker imports the script as ``__mp_main__``, where the guarded block does not run: its
+    unpickling error comes back as the handle's error, with the original message and what to do."""
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARDED_DEFINITION)
+    done = run_python(str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("RuntimeError: the worker could not unpickle the task"), line
+    assert "AttributeError: " in line and "'triple'" in line and "__mp_main__" in line, line  # pickle's own
+    assert "if __name__ == '__main__':" in line and "top level" in line, line
+
+
+def test_a_time_limit_of_weeks_is_accepted() -> None:
+    """The manager waits in steps: a deadline weeks away once overflowed poll()'s milliseconds
+    (found by tests/stress/test_bad_input.py)."""
+    limited = ab.task(engine="process", timeout=2_147_484)(workers.square)
+    assert limited.delay(3).get(30) == 9

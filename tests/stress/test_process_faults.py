@@ -19,12 +19,14 @@ import signal
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import fault_workers as fw
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
+from children import fork_child  # type: ignore[import-not-found, unused-ignore]
 from conftest import SOAK  # type: ignore[import-not-found, unused-ignore]  # found when mypy runs on tests/
 
 import asyncbridge as ab
@@ -135,7 +137,7 @@ def test_worker_sigkill_fails_only_its_task_within_2s(manager: Any) -> None:
     finally:
         if release is not None:
             release.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
     total = time.monotonic() - t_start
     assert not children_of_pool(seen_pids), "worker processes left behind"
     print(
@@ -242,7 +244,7 @@ def pools() -> Iterator[dict[str, ab.ProcessPool]]:
     made: dict[str, ab.ProcessPool] = {}
     yield made
     for p in made.values():
-        p.shutdown(wait=True, cancel_futures=True)
+        p.shutdown(wait=True, cancel_futures=True, cancel_running=True)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -309,7 +311,7 @@ def only_the_offender_fails(
     finally:
         if release is not None:
             release.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
         join_managers(managers)
     return UNPICKLE_REPEATS
 
@@ -381,7 +383,7 @@ def test_the_pool_recovers_after_its_manager_fails(
         served += len(after)
     finally:
         release.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
         join_managers(managers)
     failures = [r for r in caplog.records if "process manager failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]  # the injected one, and no other
@@ -441,10 +443,74 @@ def test_kill_storm(manager: Any) -> None:
             assert len(killed) == STORM_KILLS and len(done) == STORM_TASKS
             assert pool.submit(fw.square, 12).get(HANG) == 144  # the pool serves afterwards
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
     assert not children_of_pool(seen_pids), "worker processes left behind"
     print(
         f"\n[kill storm] seed {seed}: {STORM_ROUNDS} x {STORM_TASKS} tasks, {STORM_ROUNDS * STORM_KILLS} "
         f"SIGKILLs, {STORM_ROUNDS * (STORM_TASKS - STORM_KILLS)} succeeded, {len(seen_pids)} worker pids, "
         f"0 hangs, {time.monotonic() - t0:.1f} s"
     )
+
+
+# -- fork while the pool works (issue 9, item 3) ------------------------------------------------------
+
+FORK_ROUNDS = 25 * SOAK
+FORK_IN_FLIGHT = 60
+CRASH_EVERY = 10
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.timeout(120 * SOAK)  # about 0.3 s a fork: the soak's 50x needs the room
+def test_fork_while_the_pool_hands_out_work(tight_switching: None) -> None:
+    """fork() while the parent's manager thread hands tasks out, reads results and starts workers
+    (every CRASH_EVERY-th task kills its worker, so workers are replaced all along), so that it may
+    hold the pool's lock, a handle's, or multiprocessing's own (forkserver, resource tracker) at the
+    fork. In each child, at once, every copy of the parent's handles has ended (as in the parent, or
+    with a RuntimeError saying the process forked), and process work runs on fresh pools (the forked
+    pool and the shared one); in the parent every task ends as it should."""
+    pool = ab.ProcessPool(2)
+    seen: Counter[str] = Counter()
+    t0 = time.monotonic()
+
+    def submit(i: int) -> ab.Result[int]:
+        return pool.submit(fw.exit_with, 3) if i % CRASH_EVERY == 0 else pool.submit(fw.square, i)
+
+    def as_expected(i: int, got: object) -> bool:
+        if i % CRASH_EVERY == 0:
+            return isinstance(got, ab.WorkerCrashed) and got.exitcode == 3
+        return got == i * i
+
+    try:
+        assert ab.run_in_process(fw.square, 2).get(HANG) == 4  # the shared pool is in use too
+        for _ in range(FORK_ROUNDS):
+            handles = [submit(i) for i in range(FORK_IN_FLIGHT)]
+
+            def body(handles: list[ab.Result[int]] = handles) -> str:
+                outcomes: Counter[str] = Counter()
+                for i, h in enumerate(handles):
+                    assert h.done(), f"the child's copy of {h!r} never ends"
+                    got = h.get(0, propagate=False)
+                    if as_expected(i, got):
+                        outcomes["as in the parent"] += 1
+                    else:
+                        assert isinstance(got, RuntimeError) and "forked" in str(got), repr(got)
+                        outcomes["forked"] += 1
+                assert pool.submit(fw.square, 12).get(HANG) == 144
+                assert ab.run_in_process(fw.square, 13).get(HANG) == 169
+                return f"ok {outcomes['as in the parent']} {outcomes['forked']}"
+
+            _, ended, forked = fork_child(body).split()
+            seen["ended"] += int(ended)
+            seen["forked"] += int(forked)
+            for i, h in enumerate(handles):
+                assert h.wait(HANG), f"{h!r} hangs in the parent"
+                assert as_expected(i, h.get(0, propagate=False)), repr(h.get(0, propagate=False))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+    print(
+        f"\n[fork while dispatching] {FORK_ROUNDS} forks with {FORK_IN_FLIGHT} tasks in flight each "
+        f"(1 in {CRASH_EVERY} kills its worker); in the children {seen['ended']} copies had ended as in "
+        f"the parent, {seen['forked']} failed as forked, 0 hung; {time.monotonic() - t0:.1f} s"
+    )
+    assert seen["forked"] > 0, seen  # the fork did land while work was in flight

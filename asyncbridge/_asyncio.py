@@ -27,8 +27,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import CURRENT, settle_failure
-from ._errors import TimeLimitExceeded
-from ._result import Result, _get_running_loop
+from ._errors import TimeLimitExceeded, format_seconds
+from ._result import Owned, Result, Wrapped, _get_running_loop
 from ._state import STARTED
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
     done-callback, no extra loop hop); anything else (a callback, get(), a cancel, an awaiter on
     another loop) binds it first.
     """
-    h: Result[T] = Result()
+    h: Result[T] = Wrapped()
     loop = fut.get_loop()
     h._loop = loop
     h._src = fut
@@ -145,7 +145,7 @@ def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Resu
         RuntimeError: called in sync code during interpreter shutdown.
     """
     check_coroutine(coro, "spawn")
-    h: Result[T] = Result()
+    h: Result[T] = Owned()
     try:
         h._time_limit = check_time_limit(timeout)
     except ValueError:
@@ -191,6 +191,15 @@ def _start(
 
 
 async def _run(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
+    if h._cancel_requested:
+        # Cancelled from another thread after the task was made but before its first step: the
+        # task.cancel() sent to this loop is queued behind this step, too late for a coroutine that
+        # finishes without suspending (on Python 3.14 and late 3.13.x, even `await
+        # asyncio.wrap_future(f)` of a done cf.Future does not suspend, gh-105836). As asyncio does
+        # for a task cancelled before it starts, the coroutine never runs.
+        coro.close()
+        h._set_cancelled()
+        return
     # The outcome goes to the handle from inside the task, before asyncio can discard it: a task
     # cancelled during its last step (say, by itself) reports CANCELLED and drops its return value.
     limit = h._time_limit
@@ -205,7 +214,9 @@ async def _run(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
             except TimeoutError:
                 if not scope.expired():
                     raise
-                h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {limit} s"))
+                h._set_exception(
+                    TimeLimitExceeded(f"{h._label} exceeded its time limit of {format_seconds(limit)}")
+                )
                 return
     except asyncio.CancelledError:
         h._set_cancelled()
@@ -294,7 +305,7 @@ async def _run_trio(h: Result[T], coro: Coroutine[Any, Any, T], scope: Any) -> N
         del h, exc  # this frame is in the error's traceback, which the handle keeps
         return
     if scope.cancelled_caught and not h._cancel_requested and limit is not None:
-        h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {limit} s"))
+        h._set_exception(TimeLimitExceeded(f"{h._label} exceeded its time limit of {format_seconds(limit)}"))
     elif scope.cancelled_caught:
         h._set_cancelled()
     else:
@@ -367,7 +378,7 @@ class _BackgroundLoop:
                         h._set_exception(
                             RuntimeError(
                                 f"{h._label} ignored its cancellation at interpreter exit and was "
-                                f"abandoned after {grace} s"
+                                f"abandoned after {format_seconds(grace)}"
                             )
                         )
 

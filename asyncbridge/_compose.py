@@ -15,12 +15,13 @@ import inspect
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar, overload
 
+from . import _registry as registry
 from ._asyncio import BACKGROUND, spawn
 from ._awaiting import shield
-from ._errors import close_coroutines
-from ._result import Result
+from ._errors import close_coroutines, format_seconds
+from ._result import Owned, Result, install_then
 from ._state import FAILURE, REVOKED, SUCCESS
 from ._threads import run_in_thread
 from ._waiters import check_timeout
@@ -31,6 +32,26 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 U = TypeVar("U")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class _SupportsResult(Protocol[T_co]):
+    """A ``concurrent.futures.Future``, for the type checker (covariant, unlike ``cf.Future``: in a
+    union with ``Awaitable``, an invariant ``cf.Future[T]`` makes mypy infer ``Never`` for a handle,
+    which is both)."""
+
+    def result(self, timeout: float | None = None) -> T_co: ...
+
+
+#: What the compositions take as a member, for the type checker: anything awaitable (handles,
+#: asyncio futures, coroutines) or a ``concurrent.futures.Future``. Celery results, untyped, are Any.
+Member: TypeAlias = "Awaitable[T] | _SupportsResult[T]"
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
@@ -64,7 +85,7 @@ def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
         if not (
             isinstance(m, Result | asyncio.Future | cf.Future)
             or inspect.isawaitable(m)
-            or type(m).__module__.startswith("celery.")  # a Celery result: wrap() knows it
+            or registry.wraps(m)  # an adapter's kind of work (a Celery result)
         ):
             close_coroutines(*members)
             raise TypeError(
@@ -85,6 +106,7 @@ def _outcome_of(h: Result[Any]) -> BaseException | None:
     st = h._st
     if st is SUCCESS:
         return None
+    h._mark_read()  # the composition carries it on
     return h._value  # type: ignore[no-any-return]
 
 
@@ -110,8 +132,56 @@ def _schedule(delay: float, fn: Callable[[], object]) -> Callable[[], None]:
 # -- gather --------------------------------------------------------------------------------------
 
 
-def gather(*members: Any, return_exceptions: bool = False) -> Result[list[Any]]:
-    """One handle for many: its value is the list of the members' values, in the order given.
+# The overloads follow asyncio.gather's in typeshed: a tuple type per position for up to five
+# members (the value is a list at run time, as asyncio's is), a list of one type beyond.
+@overload
+def gather(m1: Member[T1], /, *, return_exceptions: Literal[False] = False) -> Result[tuple[T1]]: ...  # type: ignore[overload-overlap]
+@overload
+def gather(  # type: ignore[overload-overlap]
+    m1: Member[T1], m2: Member[T2], /, *, return_exceptions: Literal[False] = False
+) -> Result[tuple[T1, T2]]: ...
+@overload
+def gather(  # type: ignore[overload-overlap]
+    m1: Member[T1], m2: Member[T2], m3: Member[T3], /, *, return_exceptions: Literal[False] = False
+) -> Result[tuple[T1, T2, T3]]: ...
+@overload
+def gather(  # type: ignore[overload-overlap]
+    m1: Member[T1],
+    m2: Member[T2],
+    m3: Member[T3],
+    m4: Member[T4],
+    /,
+    *,
+    return_exceptions: Literal[False] = False,
+) -> Result[tuple[T1, T2, T3, T4]]: ...
+@overload
+def gather(  # type: ignore[overload-overlap]
+    m1: Member[T1],
+    m2: Member[T2],
+    m3: Member[T3],
+    m4: Member[T4],
+    m5: Member[T5],
+    /,
+    *,
+    return_exceptions: Literal[False] = False,
+) -> Result[tuple[T1, T2, T3, T4, T5]]: ...
+@overload
+def gather(*members: Member[T], return_exceptions: Literal[False] = False) -> Result[list[T]]: ...  # type: ignore[overload-overlap]
+@overload
+def gather(m1: Member[T1], /, *, return_exceptions: bool) -> Result[tuple[T1 | BaseException]]: ...
+@overload
+def gather(
+    m1: Member[T1], m2: Member[T2], /, *, return_exceptions: bool
+) -> Result[tuple[T1 | BaseException, T2 | BaseException]]: ...
+@overload
+def gather(
+    m1: Member[T1], m2: Member[T2], m3: Member[T3], /, *, return_exceptions: bool
+) -> Result[tuple[T1 | BaseException, T2 | BaseException, T3 | BaseException]]: ...
+@overload
+def gather(*members: Member[T], return_exceptions: bool) -> Result[list[T | BaseException]]: ...
+def gather(*members: Any, return_exceptions: bool = False) -> Result[Any]:
+    """One handle for many: its value is the list of the members' values, in the order given
+    (typed as a tuple for up to five members, as ``asyncio.gather`` is).
 
     Members may be handles, ``concurrent.futures``/asyncio futures, coroutines (spawned) or other
     awaitables, of any kinds of work mixed. The handle is awaitable and ``get()``-able.
@@ -122,7 +192,7 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[list[Any]]:
     - Cancelling the gather cancels every member that has not finished.
     """
     handles = [_as_handle(m) for m in _members(members, "gather")]
-    out: Result[list[Any]] = Result()
+    out: Result[list[Any]] = Owned()
     out._label = f"gather of {len(handles)}"
     out._set_started()
     if not handles:
@@ -157,8 +227,8 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[list[Any]]:
 
 
 def wait(
-    handles: Iterable[Any], timeout: float | None = None, return_when: str = ALL_COMPLETED
-) -> Result[tuple[set[Any], set[Any]]]:
+    handles: Iterable[T], timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> Result[tuple[set[T], set[T]]]:
     """A handle whose value is ``(done, pending)``, two sets of the objects given, once
     ``return_when`` holds or ``timeout`` seconds have passed (then with the sets as they are).
 
@@ -178,7 +248,7 @@ def wait(
         close_coroutines(*originals)
         raise
     pairs = [(o, _as_handle(o)) for o in originals]
-    out: Result[tuple[set[Any], set[Any]]] = Result()
+    out: Result[tuple[set[Any], set[Any]]] = Owned()
     out._label = f"wait for {len(pairs)}"
     out._set_started()
     lock = threading.Lock()
@@ -221,6 +291,16 @@ def wait(
 # -- race ----------------------------------------------------------------------------------------
 
 
+@overload
+def race(m1: Member[T1], /) -> Result[T1]: ...
+@overload
+def race(m1: Member[T1], m2: Member[T2], /) -> Result[T1 | T2]: ...
+@overload
+def race(m1: Member[T1], m2: Member[T2], m3: Member[T3], /) -> Result[T1 | T2 | T3]: ...
+@overload
+def race(m1: Member[T1], m2: Member[T2], m3: Member[T3], m4: Member[T4], /) -> Result[T1 | T2 | T3 | T4]: ...
+@overload
+def race(*members: Member[T]) -> Result[T]: ...
 def race(*members: Any) -> Result[Any]:
     """The first member to succeed wins: its value is the race's; the others are cancelled.
 
@@ -230,7 +310,7 @@ def race(*members: Any) -> Result[Any]:
     if not members:
         raise ValueError("race() needs at least one member")
     handles = [_as_handle(m) for m in _members(members, "race")]
-    out: Result[Any] = Result()
+    out: Result[Any] = Owned()
     out._label = f"race of {len(handles)}"
     out._set_started()
     lock = threading.Lock()
@@ -273,7 +353,23 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
     never cancels the members.
     """
 
-    def __init__(self, handles: Iterable[T], timeout: float | None = None) -> None:
+    # What it yields, for the type checker: the handles and futures given, and a handle for each
+    # coroutine (which it spawns). Handles of different value types join as Result[Any].
+    @overload
+    def __init__(
+        self: as_completed[Result[U]], handles: Iterable[Result[U]], timeout: float | None = None
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: as_completed[Result[U]], handles: Iterable[Coroutine[Any, Any, U]], timeout: float | None = None
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: as_completed[Result[Any]], handles: Iterable[Result[Any]], timeout: float | None = None
+    ) -> None: ...
+    @overload
+    def __init__(self, handles: Iterable[T], timeout: float | None = None) -> None: ...
+    def __init__(self, handles: Iterable[Any], timeout: float | None = None) -> None:
         originals = _members(handles, "as_completed", unique=True)
         try:
             self._limit = check_timeout(timeout)
@@ -329,9 +425,8 @@ class as_completed(Generic[T]):  # used as a function: for h in as_completed(...
         return None if self._deadline is None else self._deadline - time.monotonic()
 
     def _timed_out(self) -> TimeoutError:
-        return TimeoutError(
-            f"{self._left} of the objects given to as_completed() did not finish in {self._limit} s"
-        )
+        limit = format_seconds(self._limit or 0.0)
+        return TimeoutError(f"{self._left} of the objects given to as_completed() did not finish in {limit}")
 
     # The loops below never keep an item in a local variable: a handle yielded and dropped by the
     # caller must be freed then, not when the iteration moves on (CPython bpo-14406).
@@ -425,7 +520,7 @@ def then(source: Result[T], fn: Callable[[T], U] | Callable[[T], Coroutine[Any, 
     if not callable(fn):
         close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
         raise TypeError(f"then() needs a callable, not {type(fn).__qualname__}")
-    out: Result[U] = Result()
+    out: Result[U] = Owned()
     out._label = f"then {getattr(fn, '__qualname__', '?')}()"
     step: list[Result[Any]] = []
 
@@ -457,3 +552,6 @@ def then(source: Result[T], fn: Callable[[T], U] | Callable[[T], Coroutine[Any, 
     out._on_cancel(cancel)
     source.add_done_callback(source_done)
     return out
+
+
+install_then(then)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
-from ._result import Result
+from ._result import Result, Wrapped
 from ._state import STARTED
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     """A handle mirroring ``fut``; callbacks on it run where ``fut``'s callbacks run."""
-    h: Result[T] = Result()
+    h: Result[T] = Wrapped()
     h._label = "future"
     if fut.done():
         h._adopt(fut)

@@ -38,10 +38,10 @@ import os
 import threading
 import time
 import traceback as _traceback
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from types import TracebackType
 
 from ._awaiting import Awaiting
@@ -68,6 +68,7 @@ __all__ = ["Result", "State"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+U = TypeVar("U")
 
 LOGGER = logging.getLogger("asyncbridge")
 
@@ -75,6 +76,14 @@ _get_running_loop = get_running_loop
 
 
 _ID_LOCK = threading.Lock()
+
+#: ``Result.then``'s implementation, installed by ``_compose`` when the package is imported: it
+#: starts new work (a thread, a coroutine), and the handle imports no kind of work.
+_THEN: list[Callable[[Result[Any], Callable[[Any], Any]], Result[Any]]] = []
+
+
+def install_then(impl: Callable[[Result[Any], Callable[[Any], Any]], Result[Any]]) -> None:
+    _THEN[:] = [impl]
 
 
 def _is_loop_bound(fn: Callable[..., object]) -> bool:
@@ -152,6 +161,10 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     _probe: Callable[[], bool] | None
     _src: Any
     _cancel_requested: bool
+    # A failure no one has read yet, on handles that report it (see Owned): kept in the instance
+    # dict, which cf.Future's layout gives every handle, so that handles which never fail pay nothing.
+    _unread: _UnreadFailure | None = None
+    _report_unread: bool = False
 
     def __init__(self, task_id: str | None = None, *, app: Any = None) -> None:
         """``Result()``: a blank handle, completed with :meth:`set_result`/:meth:`set_exception`.
@@ -188,15 +201,20 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
             self._bind_task_id(task_id, app)
 
     def _bind_task_id(self, task_id: str | None, app: Any) -> None:
+        """``Result(task_id, app=engine)``: the adapter of ``engine`` binds this handle to that work.
+        ``app=None`` means Celery's current app (Celery's own ``AsyncResult(task_id)`` default)."""
         if task_id is None:
             raise TypeError("Result(app=...) needs the task id too: Result(task_id, app=app)")
-        try:
-            from .contrib.celery import bind_task_id
-        except ImportError as exc:
-            raise ImportError(
-                "Result(task_id) looks a Celery task up by its id: install asyncbridge[celery]"
-            ) from exc
-        bind_task_id(self, task_id, app)
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError(f"a task id must be a non-empty str, not {task_id!r}")
+        from . import _registry as registry  # the registry imports _result (for types only)
+
+        if not registry.bind_by_id(self, task_id, app):
+            raise TypeError(
+                f"Result(task_id, app=...) needs the engine of a registered adapter (a Celery app, with "
+                f"asyncbridge[celery]), not {type(app).__qualname__}"
+            )
+        self.__class__ = Wrapped  # the engine's work completes it, not the caller
 
     # -- the completer API, for adapters ----------------------------------------------------------
 
@@ -323,10 +341,20 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
             if not self._may_move(to):
                 return False
             waiters, callbacks = self._store(value, tb)
+            if to is FAILURE and self._report_unread:
+                # under the lock, before the move: a reader that sees FAILURE finds it to clear
+                self._unread = _UnreadFailure(value, tb, self)
             self._st = to  # last: see _may_move
         if waiters is not None or callbacks:
             self._notify(to, waiters, callbacks)
         return True
+
+    def _mark_read(self) -> None:
+        """The failure reached someone (a reader, or a composition that carries it on)."""
+        if self._unread is not None:
+            unread = self.__dict__.pop("_unread", None)
+            if unread is not None:
+                unread.exc = None  # disarmed before it is dropped (and collected)
 
     def _store(self, value: Any, tb: TracebackType | None) -> tuple[Any, Any]:
         """Keep the outcome and take what must be woken; the caller holds the lock and has moved."""
@@ -480,6 +508,8 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         if st is PROGRESS or st is RETRY:
             return self._meta
         if st in _TERMINAL:
+            if st is FAILURE:
+                self._mark_read()
             return self._value
         return None
 
@@ -489,6 +519,7 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         self._sync()
         if self._st is not FAILURE:
             return None
+        self._mark_read()
         exc = self._value
         return "".join(_traceback.format_exception(type(exc), exc, self._tb))
 
@@ -644,6 +675,10 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
 
     # -- composition ------------------------------------------------------------------------------
 
+    @overload
+    def then(self, fn: Callable[[T], Coroutine[Any, Any, U]]) -> Result[U]: ...
+    @overload
+    def then(self, fn: Callable[[T], U]) -> Result[U]: ...
     def then(self, fn: Callable[[T], Any]) -> Result[Any]:
         """A new handle for ``fn(value)``, run once this handle succeeds.
 
@@ -652,17 +687,88 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         A failure or revocation here flows through: the new handle ends the same way and ``fn``
         never runs. Cancelling the new handle cancels this one (if unfinished) and ``fn``'s work.
         """
-        from ._compose import then  # imports point at _result, never from it at import time
-
-        return then(self, fn)
+        return _THEN[0](self, fn)
 
     # -- the rest ---------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
         label = f" {self._label}" if self._label else ""
-        return f"<{type(self).__name__} {self.id[:8]}… {self._st}{label}>"  # no locks: see _move
+        name = "Result" if isinstance(self, Owned) else type(self).__name__
+        return f"<{name} {self.id[:8]}… {self._st}{label}>"  # no locks: see _move
 
     def __reduce__(self) -> Any:
         raise TypeError(
             f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
         )
+
+
+class _UnreadFailure:
+    """Logs a failure that no one read, when the handle that holds it is collected: the job of
+    asyncio's "Task exception was never retrieved", so that fire-and-forget work cannot fail in
+    silence. Created only when such a handle fails; dropped the moment the failure is read."""
+
+    __slots__ = ("exc", "ident", "label", "tb")
+
+    exc: BaseException | None
+
+    def __init__(self, exc: BaseException, tb: TracebackType | None, h: Result[Any]) -> None:
+        # No reference to the handle: this object dies with it. Its id only if already made.
+        self.exc, self.tb, self.label, self.ident = exc, tb, h._label, h._id
+
+    def __del__(self) -> None:
+        exc = self.exc
+        if exc is None:
+            return
+        what = f"{self.label} ({self.ident[:8]}…)" if self.ident else self.label or "work"
+        try:
+            LOGGER.error(
+                "%s failed and its exception was never retrieved (read it with get(), await, "
+                "exception() or info, or pass the handle on to gather())",
+                what,
+                exc_info=(type(exc), exc, self.tb),
+            )
+        except Exception:  # interpreter shutdown: logging may be gone, nothing to do
+            pass
+
+
+class Owned(Result[T]):
+    """The handle of running work, made by an adapter (``run_in_thread``, ``spawn``, ``wrap``, a
+    composition, a Celery task id): only that work completes it, through the private completer API.
+    A failure that no one reads is logged to the ``asyncbridge`` logger when the handle is collected
+    (:class:`Wrapped` handles leave that to the future they wrap).
+
+    ``set_result``, ``set_exception`` and ``set_running_or_notify_cancel`` raise ``RuntimeError``
+    here (``InvalidStateError`` once it is done, as on any future): a value set from outside would
+    be reported as the work's, and the work's own outcome then dropped. ``cancel()`` is how a
+    caller ends such work early. A subclass with no slots of its own, so being owned costs neither
+    memory nor a check on the adapters' paths; ``repr`` and the static type still say ``Result``.
+    """
+
+    __slots__ = ()
+    _report_unread = True
+
+    def _refuse(self, method: str) -> Exception:
+        if self._st in _TERMINAL:  # what cf says of any finished future comes first
+            return cf.InvalidStateError(f"{self!r} is already done")
+        return RuntimeError(
+            f"{method}() on {self!r}: this handle belongs to its work, which alone completes it; "
+            "cancel() it to stop the work, or make a blank asyncbridge.Result() to complete by hand"
+        )
+
+    def set_result(self, result: T) -> None:
+        raise self._refuse("set_result")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        raise self._refuse("set_exception")
+
+    def set_running_or_notify_cancel(self) -> bool:
+        raise self._refuse("set_running_or_notify_cancel")
+
+
+class Wrapped(Owned[T]):
+    """An owned handle over a future or result the caller also holds (``wrap(cf_future)``,
+    ``wrap(asyncio_task)``, a Celery result): its failure may be read there, so the handle does not
+    report it as unread."""
+
+    __slots__ = ()
+    _report_unread = False

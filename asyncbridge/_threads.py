@@ -30,7 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _blocking
 from ._context import CURRENT, settle_failure
-from ._result import Result
+from ._result import Owned, Result
 from ._signals import block_signals, unblock_signals
 
 P = ParamSpec("P")
@@ -217,7 +217,7 @@ def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> R
             fn.close()  # close it, or Python also warns "never awaited" and buries this message
             raise TypeError("run_in_thread() needs a function, not a coroutine; use asyncbridge.spawn(coro)")
         raise TypeError(f"run_in_thread() needs a callable, not {type(fn).__qualname__}")
-    h: Result[T] = Result()
+    h: Result[T] = Owned()
     h._label = f"thread {getattr(fn, '__qualname__', type(fn).__qualname__)}()"
     POOL.submit((h, contextvars.copy_context(), fn, args, kwargs))
     return h

@@ -52,7 +52,7 @@ def test_a_coroutine_function_gets_a_hint() -> None:
         pass
 
     with pytest.raises(TypeError, match="call it first"):
-        ab.wrap(job)  # type: ignore[call-overload]
+        ab.wrap(job)
 
 
 def test_a_generator_is_not_a_coroutine() -> None:

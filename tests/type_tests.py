@@ -65,6 +65,54 @@ def task_uses() -> None:
     crunch.delay("2")  # type: ignore[arg-type]
     fetch_later.delay()  # type: ignore[call-arg]
     assert_type(ab.run_in_process(resize, "a", width=2), ab.Result[bytes])
-    assert_type(ab.gather(crunch.delay(1), fetch_later.delay(2)), ab.Result[list[Any]])
-    assert_type(ab.race(crunch.delay(1)), ab.Result[Any])
-    assert_type(crunch.delay(1).then(str), ab.Result[Any])
+    assert_type(ab.gather(crunch.delay(1), fetch_later.delay(2)), ab.Result[tuple[int, str]])
+    assert_type(ab.race(crunch.delay(1)), ab.Result[int])
+    assert_type(crunch.delay(1).then(str), ab.Result[str])
+
+
+def celery_task_uses() -> None:
+    from celery import Celery
+    from celery.canvas import Signature
+
+    app = Celery("shop")
+
+    @ab.task(engine=app, name="shop.resize")
+    def resize_far(path: str, width: int) -> bytes:
+        return path.encode() * width
+
+    assert_type(resize_far.name, str)
+    assert_type(resize_far.apply_async(("a.png", 2), countdown=1), ab.Result[bytes])
+    assert_type(resize_far.apply_async(kwargs={"path": "a.png", "width": 2}), ab.Result[bytes])
+    assert_type(resize_far.s("a.png"), Signature)  # partial, as Celery's: a chain gives the rest
+    assert_type(resize_far.si("a.png", 2), Signature)
+    resize_far.si("a.png")  # type: ignore[call-arg]
+    resize_far.si("a.png", "2")  # type: ignore[arg-type]
+    assert_type(crunch.name, str)
+    assert_type(fetch_later.apply_async((1,)), ab.Result[str])
+
+
+async def composition_uses(fut: cf.Future[float], loop_fut: asyncio.Future[bytes]) -> None:
+    """gather, race, then, as_completed and wait carry the members' types, as asyncio's own do."""
+    a, b = ab.run_in_thread(resize, "a", width=1), ab.spawn(fetch(1))
+    assert_type(ab.gather(a, b), ab.Result[tuple[bytes, str]])
+    assert_type(ab.gather(a, b, fut, loop_fut), ab.Result[tuple[bytes, str, float, bytes]])
+    assert_type(await ab.gather(a, fetch(2)), tuple[bytes, str])
+    assert_type(
+        ab.gather(a, b, return_exceptions=True), ab.Result[tuple[bytes | BaseException, str | BaseException]]
+    )
+    assert_type(ab.gather(*[a, a, a, a, a, a]), ab.Result[list[bytes]])
+    assert_type(ab.race(a, b), ab.Result[bytes | str])
+    assert_type(ab.race(fetch(1), fetch(2)), ab.Result[str])
+    assert_type(a.then(len), ab.Result[int])
+    assert_type(a.then(lambda data: fetch(len(data))), ab.Result[str])
+    assert_type(await a.then(len), int)
+    for h in ab.as_completed([a, a]):
+        assert_type(h, ab.Result[bytes])
+    for coro_h in ab.as_completed([fetch(1), fetch(2)]):  # coroutines are spawned: handles come out
+        assert_type(coro_h, ab.Result[str])
+    async for mixed in ab.as_completed([a, b]):  # invariant Result: mixed value types join as Any
+        assert_type(mixed, ab.Result[Any])
+    for f in ab.as_completed([fut]):
+        assert_type(f, cf.Future[float])
+    assert_type(ab.wait([a, a]), ab.Result[tuple[set[ab.Result[bytes]], set[ab.Result[bytes]]]])
+    a.then(resize)  # type: ignore[arg-type]

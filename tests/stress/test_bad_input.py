@@ -1091,15 +1091,15 @@ def site_params() -> list[Any]:
         ("ProcessPool.submit", lambda c: ab.ProcessPool(1).submit(c)),  # type: ignore[arg-type]
         ("add_done_callback", lambda c: blank().add_done_callback(c)),  # type: ignore[arg-type]
         ("on_progress", lambda c: blank().on_progress(c)),  # type: ignore[arg-type]
-        ("then", lambda c: blank().then(c)),  # type: ignore[arg-type]
+        ("then", lambda c: blank().then(c)),  # type: ignore[call-overload]
         ("task", lambda c: ab.task(c)),  # type: ignore[call-overload]
         ("task(engine=...)", lambda c: ab.task(engine="thread")(c)),  # type: ignore[call-overload]
         ("shield", lambda c: ab.shield(c)),  # type: ignore[arg-type]
         ("spawn(timeout=-1)", lambda c: ab.spawn(c, timeout=-1)),
-        ("gather(coro, junk)", lambda c: ab.gather(c, 1)),
-        ("gather(junk, coro)", lambda c: ab.gather(1, c)),
-        ("race(coro, junk)", lambda c: ab.race(c, 1)),
-        ("race(junk, coro)", lambda c: ab.race(1, c)),
+        ("gather(coro, junk)", lambda c: ab.gather(c, 1)),  # type: ignore[call-overload]
+        ("gather(junk, coro)", lambda c: ab.gather(1, c)),  # type: ignore[call-overload]
+        ("race(coro, junk)", lambda c: ab.race(c, 1)),  # type: ignore[call-overload]
+        ("race(junk, coro)", lambda c: ab.race(1, c)),  # type: ignore[call-overload]
         ("wait([coro, junk])", lambda c: ab.wait([c, 1])),
         ("wait([junk, coro])", lambda c: ab.wait([1, c])),
         ("wait(return_when=junk)", lambda c: ab.wait([c], return_when="ALL")),

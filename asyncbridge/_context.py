@@ -7,12 +7,12 @@ alike in threads and coroutines, and later in processes, without any argument.
 
 from __future__ import annotations
 
-import sys
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ._errors import Cancelled, TimeLimitExceeded
+from . import _registry as registry
+from ._errors import Cancelled, TimeLimitExceeded, format_seconds
 
 if TYPE_CHECKING:
     from ._result import Result
@@ -36,7 +36,8 @@ def checkpoint() -> None:
         raise Cancelled(f"{h._label or 'the work'} was cancelled")
     deadline = h._deadline
     if deadline is not None and time.monotonic() >= deadline:
-        raise TimeLimitExceeded(f"{h._label or 'the work'} exceeded its time limit of {h._time_limit} s")
+        limit = format_seconds(h._time_limit or 0.0)
+        raise TimeLimitExceeded(f"{h._label or 'the work'} exceeded its time limit of {limit}")
 
 
 def cancel_requested() -> bool:
@@ -67,10 +68,8 @@ def report_progress(**meta: Any) -> None:
         TypeError: from process work, ``meta`` cannot be pickled.
     """
     h: Any = CURRENT.get()
-    if h is None and "celery" in sys.modules:  # any Celery task, even one not made with @task
-        from .contrib.celery import current_celery_work
-
-        h = current_celery_work()
+    if h is None:  # work an adapter's engine runs, even not through @task (a plain Celery task)
+        h = registry.current_work()
     if h is None:
         raise RuntimeError(
             "report_progress() was called outside asyncbridge work: there is no handle to report to"

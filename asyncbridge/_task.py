@@ -25,16 +25,22 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
+from . import _registry as registry
 from ._asyncio import BACKGROUND, check_time_limit, start_coroutine
 from ._errors import close_coroutines
 from ._process import ProcessPool, _unpicklable, shared_pool
-from ._result import Result
+from ._result import Owned, Result
 from ._state import FAILURE, PENDING, PROGRESS, RETRY, REVOKED, STARTED, SUCCESS
 from ._threads import POOL
 from ._wrap import wrap
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
+
+    from celery.app.task import Task as CeleryTask
+    from celery.canvas import Signature
+
+    from ._registry import Adapter, RemoteTask
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,7 +52,9 @@ class CeleryApp(Protocol):
     def send_task(self, name: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
-Engine = Literal["auto", "thread", "process"] | cf.Executor | CeleryApp
+#: ``"auto"``, ``"thread"``, ``"process"``, an executor, or the engine of an adapter (a Celery app,
+#: a Dask client, an extension's own): the last are checked when the task is defined, not by type.
+Engine = Literal["auto", "thread", "process"] | cf.Executor | CeleryApp | object
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +102,22 @@ class Retry:
 
 
 class _TaskBase(Generic[P, T]):
-    """What every task shares: its function, engine and options, and ``delay()``."""
+    """What every task shares: its function, engine, options and name, ``delay()`` and Celery's
+    calling shapes (``apply_async()``; ``s()``, ``si()`` and ``celery_task`` with a Celery engine)."""
+
+    #: The task's name. With a Celery engine: the name it is registered under in the app (the
+    #: ``name=`` given, else Celery's own rule: ``module.__name__``, the app's main name standing for
+    #: ``__main__``); a worker finds the task by it. Otherwise: the ``name=`` given, else
+    #: ``module.qualname``; it labels the task's handles.
+    name: str
 
     def __init__(
-        self, fn: Callable[..., Any], engine: Engine, timeout: float | None, retry: Retry | None
+        self,
+        fn: Callable[..., Any],
+        engine: Engine,
+        timeout: float | None,
+        retry: Retry | None,
+        name: str | None = None,
     ) -> None:
         # A task stands for its function: same name, module and docstring (functools.wraps would do,
         # but mypy cannot type it on an instance).
@@ -111,14 +131,18 @@ class _TaskBase(Generic[P, T]):
         self.timeout = timeout
         self.retry = retry
         self._is_async = inspect.iscoroutinefunction(fn)
-        self._celery: Any = None  # the registered Celery task, for engine=app
-        if _is_celery(engine):
-            from .contrib.celery import register
-
-            self._celery = register(self, engine)
+        # On an engine of an adapter (a Celery app, a Dask client), the engine's own task, bound once
+        self._remote: RemoteTask | None = None
+        adapter = _adapter_of(engine)
+        if adapter is not None and adapter.bind_task is not None:
+            self._remote = adapter.bind_task(self, engine, name)
+            self.name = self._remote.name
+        else:
+            self.name = name if name is not None else f"{self.__module__}.{self.__qualname__}"
         self._label_prefix = (
             "coroutine" if self._is_async else _engine_name("thread" if engine == "auto" else engine)
         )
+        self._label_name = name if name is not None else self.__qualname__
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
         """Run the task on its engine with these arguments; return its handle at once.
@@ -129,12 +153,80 @@ class _TaskBase(Generic[P, T]):
         pending retry. Arguments for the process engine are pickled here: an unpicklable one raises
         ``TypeError`` at once.
         """
-        if self._celery is not None:
-            from .contrib.celery import send
+        return self._start(args, kwargs, {})
 
-            return send(self._celery, args, kwargs)
-        h: Result[T] = Result()
-        h._label = f"{self._label_prefix} {getattr(self.fn, '__qualname__', '?')}()"
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Result[T]:
+        """Celery's calling shape: ``t.apply_async(args, kwargs)`` is ``t.delay(*args, **kwargs)``.
+
+        With a Celery engine, ``options`` go to Celery's ``Task.apply_async`` as they are
+        (``countdown``, ``eta``, ``expires``, ``queue``, ``priority``, ``task_id``, ...) and the handle
+        follows the task sent; a ``task_id`` the result backend cannot key raises ``ValueError``
+        before anything is sent. The arguments are not checked against the function's signature
+        here (they are in ``delay()``, by the type checker).
+
+        Raises:
+            TypeError: an option on a local engine, where none applies; an argument the engine
+                cannot carry (as ``delay()``).
+        """
+        if options and self._remote is None:
+            given = ", ".join(f"{k}=" for k in options)
+            raise TypeError(f"{given} needs a Celery engine; {self!r} runs locally, where no option applies")
+        return self._start(tuple(args or ()), dict(kwargs or {}), options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """Celery's signature of a call of this task (``celery.signature``), for ``chain``, ``group``,
+        ``chord`` and ``|``. Partial as Celery's: in a chain, the previous task's result comes first.
+        ``ab.wrap()`` takes what the canvas returns when applied.
+
+        Raises:
+            TypeError: the task does not run on a Celery engine.
+        """
+        return self._signature(args, kwargs, immutable=False)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """Celery's immutable signature of this call: in a chain it ignores the previous result, so
+        its arguments are the whole call.
+
+        Raises:
+            TypeError: the task does not run on a Celery engine.
+        """
+        return self._signature(args, kwargs, immutable=True)
+
+    def _signature(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, immutable: bool) -> Signature:
+        if self._remote is None:
+            raise TypeError(
+                f"{self!r} is not a Celery task: celery_task, s() and si() need a Celery engine "
+                "(@task(engine=app))"
+            )
+        return cast("Signature", self._remote.signature(args, kwargs, immutable=immutable))
+
+    @property
+    def celery_task(self) -> CeleryTask:
+        """The Celery task registered for this one (``app.tasks[t.name]``), for what Celery offers
+        beyond this class: ``map``, ``chunks``, ``signature(options)``, its own ``apply_async``
+        returning Celery's ``AsyncResult``, and its settings.
+
+        Raises:
+            TypeError: the task does not run on a Celery engine.
+        """
+        remote = self._remote
+        if remote is None or remote.engine_name != "celery":
+            raise TypeError(
+                f"{self!r} is not a Celery task: celery_task, s() and si() need a Celery engine "
+                "(@task(engine=app))"
+            )
+        return remote.native()
+
+    def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Result[T]:
+        if self._remote is not None:
+            return self._remote.submit(args, kwargs, options)
+        h: Result[T] = Owned()
+        h._label = f"{self._label_prefix} {self._label_name}()"
         _Job(self, h, args, kwargs).start()
         return h
 
@@ -183,18 +275,21 @@ def _same(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _engine_name(engine: Engine) -> str:
-    if _is_celery(engine):
-        return f"celery:{getattr(engine, 'main', None) or '?'}"
+    adapter = _adapter_of(engine)
+    if adapter is not None:
+        return f"{adapter.name}:{getattr(engine, 'main', None) or type(engine).__qualname__}"
     return engine if isinstance(engine, str) else type(engine).__qualname__
 
 
-def _is_celery(engine: object) -> bool:
-    # Celery is imported only when the engine is one of its objects
-    if not type(engine).__module__.startswith("celery"):
-        return False
-    from .contrib.celery import is_celery_app
-
-    return is_celery_app(engine)
+def _adapter_of(engine: object) -> Adapter | None:
+    """The adapter whose engine ``engine`` is (a Celery app...), found through the registry; its
+    module is imported only when the engine is an object of its library."""
+    if isinstance(engine, str | cf.Executor):
+        return None
+    found: Adapter | None = registry.find(
+        lambda a: a if a.is_engine is not None and a.is_engine(engine) else None, engine
+    )
+    return found
 
 
 @overload
@@ -203,7 +298,11 @@ def task(fn: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncTask[P, T]: ...  # 
 def task(fn: Callable[P, T], /) -> Task[P, T]: ...
 @overload
 def task(
-    *, engine: Engine = "auto", timeout: float | None = None, retry: Retry | None = None
+    *,
+    engine: Engine = "auto",
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    name: str | None = None,
 ) -> _Decorator: ...
 
 
@@ -214,6 +313,7 @@ def task(
     engine: Engine = "auto",
     timeout: float | None = None,
     retry: Retry | None = None,
+    name: str | None = None,
 ) -> Any:
     """Turn a function into a task: ``f(...)`` still calls it inline, ``f.delay(...)`` returns a handle.
 
@@ -232,18 +332,29 @@ def task(
             terminating its worker, a coroutine by cancelling it) and the attempt fails with
             :class:`asyncbridge.TimeLimitExceeded`. Not ``get(timeout=)``, which only stops waiting.
         retry: a :class:`Retry` policy.
+        name: the task's name (``t.name``). With a Celery engine, the name it is registered under,
+            by which a worker finds it: by default Celery's own rule (``module.__name__``), which
+            serves module-level functions and those an app factory defines alike, as long as the
+            worker imports the module that registers them; a lambda or a callable without a
+            ``__name__`` needs one. On other engines it labels the task's handles (default: the
+            function's qualified name).
 
     Raises:
-        TypeError: not a function, or an async function with a thread or process engine.
+        TypeError: not a function, an async function with a thread or process engine, a name that
+            is not a non-empty str, or a lambda without a name for a Celery engine.
         ValueError: a bad timeout, or a timeout on an executor that cannot stop running work.
     """
     limit = check_time_limit(timeout)
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"retry must be an asyncbridge.Retry, not {type(retry).__qualname__}")
-    if not (engine in ("auto", "thread", "process") or isinstance(engine, cf.Executor) or _is_celery(engine)):
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str, not {name!r}")
+    if not (
+        engine in ("auto", "thread", "process") or isinstance(engine, cf.Executor) or _adapter_of(engine)
+    ):
         raise ValueError(
-            "engine must be 'auto', 'thread', 'process', a concurrent.futures.Executor or a Celery app, "
-            f"not {engine!r}"
+            "engine must be 'auto', 'thread', 'process', a concurrent.futures.Executor or the engine of "
+            f"an adapter (a Celery app), not {engine!r}"
         )
     if limit is not None and isinstance(engine, cf.Executor) and not isinstance(engine, ProcessPool):
         raise ValueError(
@@ -257,15 +368,14 @@ def task(
         if not callable(f):
             close_coroutines(f)
             raise TypeError(f"task() needs a function, not {type(f).__qualname__}")
-        name = getattr(f, "__qualname__", repr(f))
         if inspect.iscoroutinefunction(f):
             if engine != "auto":  # a Celery worker runs plain functions too
                 raise TypeError(
-                    f"{name} is an async function: it runs on an event loop (engine='auto'), "
-                    f"not on engine={_engine_name(engine)!r}"
+                    f"{getattr(f, '__qualname__', repr(f))} is an async function: it runs on an event loop "
+                    f"(engine='auto'), not on engine={_engine_name(engine)!r}"
                 )
-            return AsyncTask(f, engine, limit, retry)
-        return Task(f, engine, limit, retry)
+            return AsyncTask(f, engine, limit, retry, name)
+        return Task(f, engine, limit, retry, name)
 
     return decorate if fn is None else decorate(fn)
 
@@ -322,7 +432,7 @@ class _Job:
             if h._cancel_requested:
                 h._set_cancelled()
                 return
-            inner: Result[Any] = Result()
+            inner: Result[Any] = Owned()
             inner._label = h._label
             inner._time_limit = self.spec.timeout
             inner._watch(self._mirror)  # before the work can start: no move is missed
@@ -363,6 +473,7 @@ class _Job:
         if st is REVOKED:
             h._set_cancelled()
             return
+        inner._mark_read()  # the task's handle carries it on (or retries)
         exc = inner._value
         if h._st is PENDING or h._st is RETRY:  # this attempt failed before it could start
             h._set_started()

@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from . import _registry as registry
 from ._asyncio import spawn, wrap_asyncio_future
 from ._futures import wrap_cf_future
 from ._result import Result
@@ -25,9 +26,11 @@ def wrap(obj: Coroutine[Any, Any, T]) -> Result[T]: ...
 def wrap(obj: asyncio.Future[T]) -> Result[T]: ...
 @overload
 def wrap(obj: cf.Future[T]) -> Result[T]: ...
+@overload
+def wrap(obj: object) -> Result[Any]: ...  # what an adapter takes (a Celery or Dask result)
 
 
-def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
+def wrap(obj: Awaitable[T] | cf.Future[T] | object) -> Result[Any]:
     """Return the handle for ``obj``, safe to call from any thread.
 
     Accepts:
@@ -38,9 +41,9 @@ def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
     - a coroutine: scheduled exactly as :func:`asyncbridge.spawn` does;
     - a ``concurrent.futures.Future``: a handle that mirrors it; STARTED once the future runs;
       ``cancel()`` calls ``future.cancel()`` (which cannot stop a running future);
-    - a Celery ``AsyncResult`` (the handle's id is the task id; ``cancel()`` revokes the task), a
-      ``GroupResult`` (a gather of its members) or a chain's result: see
-      ``asyncbridge.contrib.celery`` (needs ``asyncbridge[celery]``).
+    - what a registered adapter wraps (docs/architecture.md, "Adapters"): a Celery ``AsyncResult``
+      (the handle's id is the task id; ``cancel()`` revokes the task), a ``GroupResult`` (a gather
+      of its members) or a chain's result, with ``asyncbridge[celery]``.
 
     Wrapping the same object twice gives two handles (with two ids) that agree on state and outcome:
     both mirror the one source.
@@ -56,10 +59,9 @@ def wrap(obj: Awaitable[T] | cf.Future[T]) -> Result[T]:
         return wrap_cf_future(obj)
     if inspect.iscoroutine(obj):
         return spawn(obj)
-    if type(obj).__module__.startswith("celery."):  # import Celery only for Celery's objects
-        from .contrib.celery import wrap_celery
-
-        return wrap_celery(obj)
+    found: Result[T] | None = registry.wrap(obj)
+    if found is not None:
+        return found
     if inspect.iscoroutinefunction(obj):
         raise TypeError(
             f"wrap() cannot wrap the coroutine function {obj.__qualname__}; call it first: "

@@ -28,6 +28,8 @@ def _config() -> dict[str, object]:
         (root / sub).mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": "filesystem://",
+        # kombu's own file-system transport can hand a worker a message file not yet written
+        "broker_transport": "asyncbridge.contrib.celery_fs:Transport",
         "broker_transport_options": {
             "data_folder_in": str(root / "queue"),
             "data_folder_out": str(root / "queue"),
@@ -64,6 +66,7 @@ def make_app(config: dict[str, object]) -> SimpleNamespace:
             "pid",
             "reported_then_read",
             "gated_add",
+            "reports_in_turn",
         )
     }
     # The same functions through ab.task(engine=app): registered at import, in this process and in
@@ -81,6 +84,27 @@ def make_app(config: dict[str, object]) -> SimpleNamespace:
         limited=ab.task(engine=app, timeout=0.5)(celery_work.sleep_for),
         # the same flaky work as the thread and process tests
         flaky=ab.task(engine=app, retry=ab.Retry(attempts=3))(workers.fail_times),
+        factory=factory_tasks(app),
+    )
+
+
+def factory_tasks(app: Celery) -> SimpleNamespace:
+    """Tasks made as an app factory makes them (Flask's and many projects' Celery factories): defined
+    inside a function that is given the app. The worker finds them as Celery finds its own, by name:
+    it imports this module, which calls the factory, so both processes register the same names."""
+
+    @ab.task(engine=app)
+    def multiply(x: int, y: int) -> int:
+        return x * y
+
+    @ab.task(engine=app)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    return SimpleNamespace(
+        multiply=multiply,  # named by Celery's rule, module and __name__: celery_app.multiply
+        total=total,  # a chord's body
+        double=ab.task(engine=app, name="abtest.double")(lambda x: 2 * x),  # nameless but for name=
     )
 
 

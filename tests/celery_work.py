@@ -90,3 +90,14 @@ def gated_add(x: int, y: int, gate: str) -> int:
     finally:
         client.close()
     return x + y
+
+
+def reports_in_turn(gate: str, reports: list[dict[str, Any]], pause: float) -> int:
+    """Once the test writes to the named pipe ``gate``, make each report of ``reports`` in turn, each
+    followed by ``pause`` s of pretend work (the report is the task's latest state all that time);
+    return how many were made."""
+    rendezvous(gate)
+    for meta in reports:
+        ab.report_progress(**meta)
+        time.sleep(pause)
+    return len(reports)

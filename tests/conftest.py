@@ -86,7 +86,9 @@ CELERY_WORKERS: list[Process] = []
 
 
 def start_celery_worker(extra_env: dict[str, str]) -> Process:
-    env = {**os.environ, **extra_env, "PYTHONPATH": str(TESTS_DIR)}
+    # The checkout first, as in this process (pytest's pythonpath): the worker must run the code under
+    # test, not a copy installed in the environment earlier.
+    env = {**os.environ, **extra_env, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), str(TESTS_DIR)])}
     argv = servers.celery_worker_argv("celery_app", concurrency=2, loglevel="INFO")
     worker = Process(argv, " ready.", env, "celery-worker", TESTS_DIR)
     worker.wait_ready()

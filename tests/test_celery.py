@@ -12,6 +12,7 @@ import os
 import pathlib
 import signal
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -214,7 +215,7 @@ def test_an_app_without_a_result_backend_is_a_clear_error() -> None:
 def test_bad_ids_and_apps_are_clear_errors(celery_worker: Any) -> None:
     with pytest.raises(TypeError, match="a task id must be a non-empty str"):
         ab.AsyncResult("", app=celery_worker.app)
-    with pytest.raises(TypeError, match="app must be a celery.Celery application"):
+    with pytest.raises(TypeError, match="needs the engine of a registered adapter \\(a Celery app.*not str"):
         ab.AsyncResult("x", app="app")
     with pytest.raises(TypeError, match="needs the task id too"):
         ab.Result(app=celery_worker.app)
@@ -280,6 +281,64 @@ def test_many_awaited_results_share_one_listener_thread(celery_worker: Any) -> N
     assert all(r() is None for r in refs)  # nobody waits on them: the listener let them go
 
 
+# -- progress: each report once (issue 9, item 7) ---------------------------------------------------
+
+#: Reports of one task, a second apart: the issue's case (one report, then a 1 s sleep, gave 19
+#: on_progress calls on the file system), with a report equal to the one before it, which is a new
+#: report all the same (the poller must tell it from the same report read again).
+REPORTS = [{"step": 1, "of": 3}, {"step": 1, "of": 3}, {"step": 2, "of": 3}, {"step": 3, "of": 3}]
+
+
+def check_each_report_arrives_once(tasks: Any, tmp_path: pathlib.Path) -> None:
+    """A task makes REPORTS a second apart, then returns: ``on_progress`` and ``async for`` over
+    ``h.progress()`` see exactly those reports, in order, the last one included."""
+    fifo = make_fifo(tmp_path)
+    h = ab.wrap(tasks.reports_in_turn.delay(fifo, REPORTS, 1.0))
+    called: list[dict[str, Any]] = []
+    h.on_progress(called.append)
+    read: list[dict[str, Any]] = []
+
+    async def read_all() -> None:
+        async for meta in h.progress():
+            read.append(meta)
+
+    reader = threading.Thread(target=asyncio.run, args=(read_all(),), name="progress-reader")
+    reader.start()
+    release(fifo)  # the task starts reporting only now, with both observers in place
+    assert h.get(timeout=30) == len(REPORTS)
+    reader.join(30)
+    assert not reader.is_alive(), "progress() did not end with the task"
+    assert called == REPORTS
+    assert read == REPORTS
+
+
+def test_each_progress_report_arrives_once(celery_worker: Any, tmp_path: pathlib.Path) -> None:
+    check_each_report_arrives_once(celery_worker, tmp_path)
+
+
+def check_a_late_handle_is_told(app: Celery) -> None:
+    """A second handle of a task whose first one was already told a state is told that state too
+    (the poller no longer repeats it every read), and the first is not told it again."""
+    backend = app.backend
+    task_id = str(uuid.uuid4())
+    first: ab.Result[Any] = ab.AsyncResult(task_id, app=app)
+    called: list[dict[str, Any]] = []
+    first.on_progress(called.append)
+    backend.store_result(task_id, {"step": 1}, "PROGRESS")
+    wait_for_progress(first)
+    late: ab.Result[Any] = ab.AsyncResult(task_id, app=app)
+    wait_for_progress(late)
+    assert late.state is ab.State.PROGRESS and late.info == {"step": 1}
+    backend.store_result(task_id, 42, "SUCCESS")
+    assert first.get(timeout=30) == 42 and late.get(timeout=30) == 42
+    assert ab.AsyncResult(task_id, app=app).get(timeout=30) == 42  # one made after the end
+    assert called == [{"step": 1}]
+
+
+def test_a_late_handle_is_told_the_state_already_reported(celery_worker: Any) -> None:
+    check_a_late_handle_is_told(celery_worker.app)
+
+
 # -- Celery as the engine of @task ---------------------------------------------------------------
 
 
@@ -315,3 +374,64 @@ def test_composition_takes_celery_results_as_they_are(celery_worker: Any) -> Non
     assert ab.gather(*results).get(timeout=30) == [0, 2, 4, 6]
     done, pending = ab.wait(results, timeout=30).get(timeout=60)
     assert done == set(results) and not pending
+
+
+# -- @task(engine=app) as a Celery task: signatures, canvas, apply_async, names ------------------
+
+
+def test_an_engine_task_has_its_celery_name_and_task(celery_worker: Any) -> None:
+    square = celery_worker.square
+    assert square.name == "celery_work.add"  # Celery's own rule: module and __name__
+    assert celery_worker.app.tasks[square.name] is square.celery_task
+    assert square.celery_task.name == square.name
+
+
+def test_a_chain_of_engine_tasks(celery_worker: Any) -> None:
+    square = celery_worker.square
+    res = chain(square.s(1, 1), square.s(10))()
+    assert ab.wrap(res).get(timeout=30) == 12
+    piped = (square.s(2, 2) | square.si(5, 5)).apply_async()  # si: ignores the parent's result
+    assert ab.wrap(piped).get(timeout=30) == 10
+
+
+def test_a_group_of_engine_tasks(celery_worker: Any) -> None:
+    res = group(celery_worker.square.s(i, i) for i in range(5)).apply_async()
+    assert ab.wrap(res).get(timeout=30) == [0, 2, 4, 6, 8]
+
+
+def test_apply_async_with_a_task_id(celery_worker: Any) -> None:
+    task_id = f"given-{uuid.uuid4()}"
+    h = celery_worker.square.apply_async((2, 3), task_id=task_id)
+    assert isinstance(h, ab.Result) and h.id == task_id
+    assert h.get(timeout=30) == 5
+    assert ab.AsyncResult(task_id, app=celery_worker.app).get(timeout=30) == 5  # Celery stored it there
+
+
+def test_apply_async_with_a_countdown(celery_worker: Any) -> None:
+    sent = time.time()  # wall time, as Celery's eta
+    h = celery_worker.square.apply_async(kwargs={"x": 1, "y": 2}, countdown=1.0)
+    assert h.get(timeout=30) == 3
+    assert time.time() - sent >= 1.0  # the worker holds a task until its eta: it cannot be done before
+
+
+def test_apply_async_refuses_a_task_id_the_backend_cannot_key_before_sending(celery_worker: Any) -> None:
+    with pytest.raises(ValueError, match="cannot name a file"):
+        celery_worker.square.apply_async((1, 2), task_id="a/b")
+
+
+def test_a_task_made_by_an_app_factory_runs_on_the_worker(celery_worker: Any) -> None:
+    multiply = celery_worker.factory.multiply
+    assert "<locals>" in multiply.__qualname__
+    assert multiply.name == "celery_app.multiply"
+    assert multiply.delay(6, 7).get(timeout=30) == 42
+    double = celery_worker.factory.double  # a lambda, registered under the name it was given
+    assert double.name == "abtest.double"
+    assert double.delay(21).get(timeout=30) == 42
+
+
+def test_a_lambda_without_a_name_is_a_clear_error() -> None:
+    app = Celery("lambdas", broker="memory://", backend="cache+memory://")
+    with pytest.raises(TypeError, match=r"<lambda>.*give it a name: @task\(engine=app, name="):
+        ab.task(engine=app)(lambda: None)
+    named = ab.task(engine=app, name="lambdas.nothing")(lambda: None)
+    assert named.name == "lambdas.nothing" and app.tasks["lambdas.nothing"] is named.celery_task

@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+import uuid
 from typing import Any
 
 import pytest
-from test_celery import gates_opened_after_each_test, make_fifo, release, wait_for_progress  # noqa: F401  # the fixture too
+from celery import chord
+from test_celery import (  # noqa: F401  # the fixture too
+    check_a_late_handle_is_told,
+    check_each_report_arrives_once,
+    gates_opened_after_each_test,
+    make_fifo,
+    release,
+    wait_for_progress,
+)
 
 import asyncbridge as ab
 
@@ -35,6 +44,32 @@ def test_progress_and_custom_states_are_pushed(redis_celery: Any, tmp_path: Any)
     assert h.get(timeout=30) == "done"
 
 
+def test_each_progress_report_arrives_once_over_pub_sub(redis_celery: Any, tmp_path: Any) -> None:
+    check_each_report_arrives_once(redis_celery, tmp_path)
+
+
+def test_a_late_handle_is_told_the_state_already_pushed(redis_celery: Any) -> None:
+    check_a_late_handle_is_told(redis_celery.app)
+
+
+def test_a_state_stored_before_the_handle_is_read_back_once(redis_celery: Any) -> None:
+    """A PROGRESS stored before the handle existed (its message went to no one) is read back after
+    the subscription, once; the next report comes as a message, once."""
+    backend = redis_celery.app.backend
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, {"step": 1}, "PROGRESS")
+    h: ab.Result[Any] = ab.AsyncResult(task_id, app=redis_celery.app)
+    wait_for_progress(h)
+    assert h.info == {"step": 1}
+    called: list[dict[str, Any]] = []
+    h.on_progress(called.append)
+    backend.store_result(task_id, {"step": 2}, "PROGRESS")
+    backend.store_result(task_id, 42, "SUCCESS")
+    assert h.get(timeout=30) == 42
+    assert called == [{"step": 2}]
+    assert h._pversion == 2  # the handle's count of reports: each one applied once
+
+
 def test_cancel_terminates_a_running_task(redis_celery: Any, tmp_path: Any) -> None:
     fifo = make_fifo(tmp_path)
     h = ab.wrap(redis_celery.report_and_wait.delay(fifo, "PROGRESS"))
@@ -52,6 +87,12 @@ def test_a_failure_keeps_its_type(redis_celery: Any) -> None:
 
 def test_the_task_decorator_with_a_redis_app(redis_celery: Any) -> None:
     assert redis_celery.square.delay(5, 6).get(timeout=30) == 11
+
+
+def test_a_chord_of_engine_tasks(redis_celery: Any) -> None:
+    """@task(engine=app) signatures in a chord (on Redis, whose backend joins a chord natively)."""
+    res = chord(redis_celery.square.s(i, i) for i in range(4))(redis_celery.factory.total.s())
+    assert ab.wrap(res).get(timeout=30) == 12
 
 
 def test_many_concurrent_results_one_listener(redis_celery: Any) -> None:

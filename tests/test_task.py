@@ -234,6 +234,8 @@ def test_cancel_reaches_the_running_attempt() -> None:
         ({"timeout": -1}, ValueError, "timeout must be a number of seconds > 0"),
         ({"timeout": "5"}, ValueError, "timeout must be a number of seconds > 0"),
         ({"retry": 3}, TypeError, "retry must be an asyncbridge.Retry"),
+        ({"name": ""}, TypeError, "name must be a non-empty str"),
+        ({"name": b"x"}, TypeError, "name must be a non-empty str"),
     ],
 )
 def test_bad_options_are_clear_errors(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -271,3 +273,31 @@ def test_task_needs_a_function() -> None:
 def test_bad_retry_policies_are_clear_errors(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         ab.Retry(**kwargs)
+
+
+# -- names, and Celery's calling shapes on local engines -----------------------------------------
+
+
+def test_a_task_is_named_by_its_module_and_qualified_name_or_by_name() -> None:
+    assert add.name == f"{add.__module__}.add"
+    named = ab.task(engine="thread", name="nightly report")(workers.square)
+    assert named.name == "nightly report" and named.__name__ == "square"
+    h = named.delay(3)
+    assert h.get(10) == 9
+    assert repr(h).endswith("SUCCESS thread nightly report()>")  # the name labels its handles
+
+
+def test_apply_async_on_a_local_engine_is_delay() -> None:
+    assert add.apply_async((1,), {"b": 2}).get(10) == 3
+    assert add.apply_async(kwargs={"a": 4}).get(10) == 4
+
+
+def test_celery_only_shapes_on_a_local_engine_are_clear_errors() -> None:
+    with pytest.raises(TypeError, match=r"countdown=.*needs a Celery engine"):
+        add.apply_async((1, 2), countdown=1)
+    with pytest.raises(TypeError, match=r"is not a Celery task: .* need a Celery engine"):
+        add.s(1, 2)
+    with pytest.raises(TypeError, match="is not a Celery task"):
+        add.si(1, 2)
+    with pytest.raises(TypeError, match="is not a Celery task"):
+        _ = add.celery_task

@@ -8,10 +8,15 @@ single *listener* (a daemon thread, ``asyncbridge-celery``), so awaiting 10,000 
 thread, not 10,000:
 
 - with a Redis result backend the listener subscribes to each task's result channel (the backend
-  publishes every state it stores there: STARTED, PROGRESS, RETRY, the outcome), and reads the
-  stored state once after subscribing, so nothing stored before the subscription is missed;
+  publishes every state it stores there: STARTED, PROGRESS, RETRY, the outcome), and once Redis has
+  confirmed the subscription it reads the stored state back, so nothing stored before the
+  subscription is missed; a task pending for long is read back now and then (:data:`RECHECK_AFTER`);
 - with any other backend (the file system, a database, a cache) it polls the stored state of every
-  pending task, every :data:`POLL_INTERVAL` seconds, in one loop.
+  pending task in one loop: every :data:`POLL_INTERVAL` seconds while the state changes, less often
+  as it stays unchanged (up to :data:`POLL_MAX_INTERVAL`); on the file system a check is a ``stat()``.
+
+Each state the backend stores is delivered once (a poll that finds the state it found before delivers
+nothing). The details are in :mod:`asyncbridge.contrib._celery_listener`.
 
 State maps one to one: PENDING (and RECEIVED), STARTED, RETRY (``info`` is the error), PROGRESS and
 custom states (``state`` is their own name, ``info`` their meta), SUCCESS, FAILURE (the exception
@@ -33,45 +38,58 @@ in the cluster, not in the parent); at interpreter exit the daemon listener simp
 Celery's own rule holds for ``get()`` inside a running task (``RuntimeError``, unless the task
 allows it with ``celery.result.allow_join_result()``). Bad input fails at the call: a task id the
 backend cannot key, an argument the app's serializer cannot encode (``TypeError`` naming it), a
-function the worker could not import (a lambda or nested function) given to ``@task(engine=app)``;
+function no worker could find by name (a lambda without ``name=``) given to ``@task(engine=app)``;
 an id that a working poller cannot read fails only its handle.
+
+``@task(engine=app)`` registers the function as a Celery task of ``app``, named as Celery names its
+own (:func:`task_name`), and sends its calls through Celery's ``apply_async`` (:func:`send`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import logging
-import os
-import threading
-import time
-import weakref
+import sys
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.backends.filesystem import FilesystemBackend
-from celery.backends.redis import RedisBackend
 from celery.exceptions import (
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded as CeleryTimeLimitExceeded,
 )
+from celery.local import maybe_evaluate
 from celery.result import AsyncResult, GroupResult, ResultSet, task_join_will_block
 from kombu.exceptions import EncodeError
 from kombu.serialization import dumps
 
+from .. import _registry as registry
 from .._errors import RemoteTraceback, TimeLimitExceeded
-from .._result import Result
-from .._signals import block_signals
-from .._state import _TERMINAL, PENDING, PROGRESS, RETRY, REVOKED, STARTED
+from .._result import Result, Wrapped
+from .._state import PENDING, PROGRESS, RETRY, REVOKED, STARTED
+from . import _celery_listener
+from ._celery_listener import _LISTENERS as _LISTENERS  # for the tests
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-LOGGER = logging.getLogger("asyncbridge")
-
-#: Seconds between two reads of pending tasks' states, for result backends that cannot push.
+# The listener's knobs (asyncbridge/contrib/_celery_listener.py reads them here, when it uses them).
+#: Seconds between two checks of a pending task whose state changed lately, for result backends that
+#: cannot push (the file system, a database, a cache).
 POLL_INTERVAL = 0.05
+#: The longest wait between two checks of a pending task on such a backend: a task whose state stays
+#: unchanged is checked less often, every eighth of the time since its last change, from
+#: POLL_INTERVAL up to this, so that thousands of long waits cost little.
+POLL_MAX_INTERVAL = 0.5
+#: File-system backend: seconds between two full reads of a pending task's file even when its stat
+#: says unchanged (a safety net for file systems whose time stamps or attribute caches hide a write).
+POLL_REREAD_INTERVAL = 10.0
+#: Redis: seconds a task may stay pending before the listener reads its stored state directly, in
+#: case a message was lost (a safety net: the listener's own order of subscribing and reading back
+#: loses none); the next such read comes twice as long after, and so on up to RECHECK_MAX.
+RECHECK_AFTER = 2.0
+RECHECK_MAX = 30.0
 #: Seconds between two sweeps of handles that ended or were dropped.
 SWEEP_INTERVAL = 1.0
 #: Seconds between reconnection attempts when the result backend is unreachable.
@@ -144,235 +162,10 @@ def apply_meta(h: Result[Any], meta: dict[str, Any]) -> None:
     h._set_progress(info if isinstance(info, dict) else {"info": info}, custom)
 
 
-class _Listener:
-    """The one thread per app that tells pending handles how their tasks are doing."""
-
-    def __init__(self, app: Celery) -> None:
-        self._app = app
-        self._backend = app.backend
-        self._lock = threading.Lock()
-        self._pending: dict[str, list[weakref.ref[Result[Any]]]] = {}
-        self._kept: set[Result[Any]] = set()  # handles with callbacks: held until they end
-        self._swept = 0.0
-        self._new: list[str] = []  # ids to subscribe to (pub/sub) before the next read
-        self._thread: threading.Thread | None = None
-        self._push = isinstance(self._backend, RedisBackend)
-        self._wake_channel = f"asyncbridge-wake-{id(self):x}"
-        self._woken = False  # a wake-up is on its way: later watches need not send another
-        self._event = threading.Event()  # polling: wakes the poller early when work arrives
-        # id -> (when final, its REVOKED); the listener thread's own: no lock
-        self._settling: dict[str, tuple[float, dict[str, Any]]] = {}
-
-    def watch(self, h: Result[Any], task_id: str) -> None:
-        """Track ``h`` until it ends. Held weakly, as Celery holds its own pending results: a handle
-        nobody waits on or keeps is dropped; one with callbacks (or progress observers) is held
-        strongly until it ends, since its callbacks must run."""
-        with self._lock:
-            refs = self._pending.get(task_id)
-            if refs is None:
-                self._pending[task_id] = [weakref.ref(h)]
-                self._new.append(task_id)
-            else:
-                refs.append(weakref.ref(h))
-            if self._thread is None or not self._thread.is_alive():
-                self._start()
-            nudge = not self._woken
-            self._woken = True
-        h._pin = self._keep
-        if nudge:  # one wake-up per batch of new watches, not one per watch
-            self._nudge()
-
-    def _start(self) -> None:
-        """Start the thread; the caller holds the lock."""
-        self._thread = threading.Thread(target=self._run, name="asyncbridge-celery", daemon=True)
-        self._thread.start()
-
-    def _after_fork_in_child(self) -> None:
-        # The thread does not exist in the child, and its lock may have been held at the fork. The
-        # tasks do go on (in the cluster), so the child's copies of pending handles are still told:
-        # a new thread subscribes to (or polls) every pending id again, and reads each once.
-        self._lock = threading.Lock()
-        self._event = threading.Event()
-        self._woken = False
-        self._thread = None
-        self._new = list(self._pending)
-        if self._pending:
-            self._start()
-
-    def _keep(self, h: Result[Any]) -> None:
-        with self._lock:
-            self._kept.add(h)
-
-    def _forget_dead(self) -> None:
-        """Drop handles that ended or were garbage-collected; the caller holds the lock."""
-        for task_id in list(self._pending):
-            alive = [r for r in self._pending[task_id] if (h := r()) is not None and h._st not in _TERMINAL]
-            if alive:
-                self._pending[task_id] = alive
-            else:
-                del self._pending[task_id]
-        self._kept = {h for h in self._kept if h._st not in _TERMINAL}
-
-    def _nudge(self) -> None:
-        if not self._push:
-            self._event.set()
-            return
-        try:
-            self._backend.client.publish(self._wake_channel, b"")
-        except Exception:  # the listener reconnects and resubscribes on its own
-            LOGGER.debug("could not wake the Celery listener", exc_info=True)
-
-    def _deliver(self, task_id: str, meta: dict[str, Any], settled: bool = False) -> None:
-        status = meta.get("status")
-        if status in states.READY_STATES:
-            if status == states.REVOKED and not settled:
-                # Not final yet: the task's own outcome may still land over it (see the module
-                # docstring). _settle_due() decides once REVOKED_SETTLE has passed.
-                self._settling.setdefault(task_id, (time.monotonic() + REVOKED_SETTLE, meta))
-                return
-            self._settling.pop(task_id, None)
-        with self._lock:
-            handles = [h for r in self._pending.get(task_id, ()) if (h := r()) is not None]
-        for h in handles:
-            try:
-                apply_meta(h, meta)
-            except Exception:
-                LOGGER.exception("could not apply the Celery state of task %s to %r", task_id, h)
-
-    def _settle_due(self) -> float:
-        """End each task whose REVOKED has waited REVOKED_SETTLE: with the outcome the backend now
-        holds if the task stored one over the REVOKED, else REVOKED. Returns the seconds until the
-        next one is due (at most 1)."""
-        if not self._settling:
-            return 1.0
-        now = time.monotonic()
-        due = [(task_id, meta) for task_id, (at, meta) in self._settling.items() if at <= now]
-        wait = min((at - now for at, _ in self._settling.values() if at > now), default=1.0)
-        for task_id, revoked in due:
-            latest = self._backend.get_task_meta(task_id, cache=False)
-            if latest.get("status") in (states.SUCCESS, states.FAILURE):
-                self._deliver(task_id, latest)
-            else:  # REVOKED still, or STARTED again: Celery re-stores it if the child starts before the kill
-                self._deliver(task_id, revoked, settled=True)
-        return min(wait, 1.0)
-
-    def _fail(self, task_id: str, exc: Exception) -> None:
-        with self._lock:
-            handles = [h for r in self._pending.pop(task_id, ()) if (h := r()) is not None]
-        error = ValueError(f"the result backend cannot read the state of task {task_id!r}: {exc}")
-        error.__cause__ = exc
-        for h in handles:
-            h._set_exception(error)
-
-    def _run(self) -> None:
-        block_signals()  # it runs no user code: Ctrl-C is the main thread's
-        while True:
-            try:
-                if self._push:
-                    self._listen()
-                else:
-                    self._poll()
-                return
-            except Exception:
-                LOGGER.warning(
-                    "the result backend of Celery app %r is unreachable; retrying",
-                    self._app.main,
-                    exc_info=True,
-                )
-                with self._lock:  # after a reconnect: subscribe again and re-read every pending id
-                    self._new = list(self._pending)
-                time.sleep(RECONNECT_DELAY)
-
-    def _idle(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._swept >= SWEEP_INTERVAL:
-                self._swept = now
-                self._forget_dead()
-            if not self._pending:
-                self._thread = None
-                return True
-            return False
-
-    def _poll(self) -> None:
-        backend = self._backend
-        while not self._idle():
-            with self._lock:
-                ids = list(self._pending)
-                self._new.clear()
-                self._woken = False
-            unreadable: list[tuple[str, Exception]] = []
-            for task_id in ids:
-                try:
-                    meta = backend.get_task_meta(task_id, cache=False)
-                except Exception as error:
-                    unreadable.append((task_id, error))
-                else:
-                    self._deliver(task_id, meta)
-            if unreadable and len(unreadable) == len(ids):
-                raise unreadable[0][1]  # the backend is down: reconnect, read everything again
-            for task_id, problem in unreadable:  # the backend works, but not for these ids
-                self._fail(task_id, problem)
-            self._settle_due()
-            self._event.wait(POLL_INTERVAL)
-            self._event.clear()
-
-    def _listen(self) -> None:
-        backend = self._backend
-        pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._wake_channel)
-            subscribed: set[str] = set()
-            while not self._idle():
-                with self._lock:
-                    new, self._new = self._new, []
-                    self._woken = False
-                    gone = subscribed - self._pending.keys()
-                if gone:
-                    pubsub.unsubscribe(*(backend.get_key_for_task(t) for t in gone))
-                    subscribed -= gone
-                if new:
-                    keys = [backend.get_key_for_task(t) for t in new]
-                    pubsub.subscribe(*keys)
-                    subscribed.update(new)
-                    # Stored before we subscribed? Read them once, in one round trip.
-                    for task_id, stored in zip(new, backend.mget(keys), strict=True):
-                        if stored is not None:
-                            self._deliver(task_id, backend.decode_result(stored))
-                message = pubsub.get_message(timeout=self._settle_due())
-                while message is not None:
-                    channel = message["channel"]
-                    if isinstance(channel, bytes):
-                        channel = channel.decode()
-                    if channel != self._wake_channel:
-                        meta = backend.decode_result(message["data"])
-                        self._deliver(meta.get("task_id") or channel.removeprefix("celery-task-meta-"), meta)
-                    message = pubsub.get_message(timeout=0)
-        finally:
-            pubsub.close()
-
-
-_LISTENERS: weakref.WeakKeyDictionary[Celery, _Listener] = weakref.WeakKeyDictionary()
-_LISTENERS_LOCK = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _LISTENERS_LOCK
-    _LISTENERS_LOCK = threading.Lock()
-    for listener in list(_LISTENERS.values()):
-        listener._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def listener_for(app: Celery) -> _Listener:
-    with _LISTENERS_LOCK:
-        listener = _LISTENERS.get(app)
-        if listener is None:
-            listener = _LISTENERS[app] = _Listener(app)
-        return listener
+def listener_for(app: Celery) -> _celery_listener._Listener:
+    """The one listener of ``app`` (see :mod:`asyncbridge.contrib._celery_listener`), which reads the
+    knobs above from this module when it uses them."""
+    return _celery_listener.listener_for(app, sys.modules[__name__])
 
 
 def _check_backend(app: Celery, what: str) -> None:
@@ -438,7 +231,7 @@ def wrap_celery(obj: Any) -> Result[Any]:
     if not isinstance(obj, AsyncResult):
         raise TypeError(f"wrap() cannot wrap a Celery {type(obj).__qualname__}")
     _check_backend(obj.app, f"task {obj.id}")
-    last: Result[Any] = Result()
+    last: Result[Any] = Wrapped()
     bind(last, obj.id, obj.app)  # not obj.name: a property that reads the backend
     parents = list(_parents(obj))
     if not parents:
@@ -500,21 +293,44 @@ def current_celery_work() -> _InCeleryTask | None:
     return _InCeleryTask(task)
 
 
+def task_name(fn: Any, app: Celery, name: str | None) -> str:
+    """The name ``fn`` is registered under in ``app``: ``name`` if given, else Celery's own rule for
+    ``app.task`` (``app.gen_task_name(fn.__name__, fn.__module__)``: ``module.__name__``, the app's
+    main name standing for ``__main__``).
+
+    A worker runs a task it finds by that name in its own app, so what counts is that the worker
+    registers the same name, by importing the module that registers it: a function an app factory
+    defines inside a function qualifies as well as a module-level one. What has no name to be found
+    by (a lambda, a callable object without ``__name__``) needs ``name``.
+
+    Raises:
+        TypeError: no ``name``, and ``fn`` has none of its own.
+    """
+    if name is not None:
+        return name
+    own = getattr(fn, "__name__", None)
+    if not isinstance(own, str) or not own.isidentifier():  # "<lambda>", or none at all
+        what = own if isinstance(own, str) else f"a {type(fn).__qualname__} object"
+        raise TypeError(
+            f"a Celery worker finds a task by its name, and {what} has none it could be found by: give it "
+            "a name: @task(engine=app, name='proj.double'), registered by the worker too (it imports the "
+            "module that registers it)"
+        )
+    return str(app.gen_task_name(own, getattr(fn, "__module__", None)))
+
+
 def register(spec: Any, app: Celery) -> Any:
-    """Register ``spec.fn`` as a Celery task of ``app`` (named ``module.qualname``), with the
-    task's options mapped to Celery's: ``timeout`` to ``soft_time_limit`` (and a hard
-    ``time_limit`` one second later), ``Retry`` to ``autoretry_for``/``max_retries``/``retry_backoff``."""
+    """Register ``spec.fn`` as a Celery task of ``app`` under ``spec.name`` (see :func:`task_name`),
+    with the task's options mapped to Celery's: ``timeout`` to ``soft_time_limit`` (and a hard
+    ``time_limit`` one second later), ``Retry`` to ``autoretry_for``/``max_retries``/``retry_backoff``.
+    Returns what ``app.task`` returns (a proxy that registers the task on first use)."""
     from .._context import CURRENT
 
     fn = spec.fn
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(qualname, str) or "<" in qualname or getattr(fn, "__module__", None) is None:
-        raise TypeError(
-            f"a Celery task must be a module-level function the worker can import by name, not "
-            f"{qualname or type(fn).__qualname__!s} (a lambda, a nested function or a callable object "
-            "is known to this process only, and the worker would never run it)"
-        )
-    options: dict[str, Any] = {"name": f"{fn.__module__}.{qualname}", "bind": True}
+    # shared=False: the task is this app's. Celery's default (shared) would also register it in every
+    # app finalized later, where two apps' registrations of one name then collide (a second app made
+    # by the same factory, in a test or a worker): calls would reach whichever came first.
+    options: dict[str, Any] = {"name": spec.name, "bind": True, "shared": False}
     if spec.timeout is not None:
         options["soft_time_limit"] = spec.timeout
         options["time_limit"] = spec.timeout + 1.0
@@ -536,18 +352,40 @@ def register(spec: Any, app: Celery) -> Any:
         finally:
             CURRENT.reset(token)
 
-    run.__name__ = getattr(fn, "__name__", "run")
+    # Celery compiles a stand-in ``def <__name__>(...)`` to check call arguments: a lambda's or an
+    # object's lacking name must give way to an identifier (the end of the task's name, if one).
+    own = getattr(fn, "__name__", None)
+    last = spec.name.rsplit(".", 1)[-1]
+    run.__name__ = next((n for n in (own, last) if isinstance(n, str) and n.isidentifier()), "run")
     run.__qualname__ = getattr(fn, "__qualname__", "run")
-    run.__module__ = fn.__module__
+    run.__module__ = getattr(fn, "__module__", None) or "__main__"
     run.__doc__ = fn.__doc__
     return app.task(**options)(run)
 
 
-def send(celery_task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result[Any]:
-    """Send one call of a registered task; its handle. An argument the app's serializer cannot
-    encode raises ``TypeError`` naming it, and nothing is sent."""
+def registered(celery_task: Any) -> Any:
+    """The Celery task itself, for the proxy :func:`register` returned (registering it if it was
+    not yet): what ``app.tasks[name]`` holds."""
+    return maybe_evaluate(celery_task)
+
+
+def send(
+    celery_task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any] | None = None
+) -> Result[Any]:
+    """Send one call of a registered task, with Celery's ``apply_async`` ``options``; its handle.
+    Bad input raises before anything is sent: an app without a result backend and a task id its
+    backend cannot key (``ValueError``), an argument the app's serializer cannot encode
+    (``TypeError`` naming it)."""
+    options = options or {}
+    app = celery_task.app
+    _check_backend(app, f"task {celery_task.name}")
+    task_id = options.get("task_id")
+    if task_id is not None:
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError(f"a task id must be a non-empty str, not {task_id!r}")
+        _check_task_id(task_id, app)
     try:
-        sent = celery_task.apply_async(args, kwargs)
+        sent = celery_task.apply_async(args, kwargs, **options)
     except EncodeError as exc:
         raise TypeError(_unencodable(celery_task, args, kwargs, exc)) from exc
     return wrap_celery(sent)
@@ -571,3 +409,50 @@ def _unencodable(celery_task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 def is_celery_app(obj: object) -> bool:
     return isinstance(obj, Celery)
+
+
+# -- registration: how the core finds this adapter (docs/architecture.md, "Adapters") -------------
+
+
+class _CeleryTask:
+    """``@task(engine=app)``: the function registered as a Celery task of ``app``."""
+
+    engine_name = "celery"
+
+    def __init__(self, task: Any, app: Celery, name: str | None) -> None:
+        self.name = task.name = task_name(task.fn, app, name)
+        self._celery = register(task, app)
+
+    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Result[Any]:
+        return send(self._celery, args, kwargs, options)
+
+    def signature(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, immutable: bool) -> Any:
+        native = self.native()
+        return native.si(*args, **kwargs) if immutable else native.s(*args, **kwargs)
+
+    def native(self) -> Any:
+        return registered(self._celery)
+
+
+def _accepts(obj: object) -> bool:
+    return type(obj).__module__.startswith("celery.")  # one it cannot wrap: wrap_celery names it
+
+
+def _by_id(h: Result[Any], task_id: str, app: object) -> bool:
+    if app is not None and not is_celery_app(app):
+        return False
+    bind_task_id(h, task_id, app)
+    return True
+
+
+registry.register(
+    registry.Adapter(
+        name="celery",
+        accepts=_accepts,
+        wrap=wrap_celery,
+        is_engine=is_celery_app,
+        bind_task=_CeleryTask,
+        by_id=_by_id,
+        current_work=current_celery_work,
+    )
+)

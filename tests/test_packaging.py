@@ -46,10 +46,19 @@ def test_the_celery_extra_brings_a_working_redis_broker(tmp_path: pathlib.Path, 
     backend: the extra pulls Celery's Redis dependencies (kombu's Redis transport needs more than
     redis-py)."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    # Without pip, installed into by this environment's pip (--python): an interpreter whose ensurepip
+    # is not at hand (Debian's 3.14 unpacked by dev.py) makes environments this way too.
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
     python = str(venv / "bin" / "python")
+    pip = [sys.executable, "-m", "pip", "--python", python]
     install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{ROOT}[celery]"],
+        [*pip, "install", "-q", "--disable-pip-version-check", f"{ROOT}[celery]"],
         capture_output=True,
         text=True,
         timeout=540,

@@ -262,6 +262,12 @@ PEAK_SIZED_TABLES = [
     _line_of(held_at, "await "),
     tracemalloc.Filter(False, tracemalloc.__file__),
 ]
+# Python 3.14's call_soon_threadsafe appends to the ready queue itself (earlier ones go through
+# _call_soon): the same deque blocks, from another line.
+if "self._ready.append(" in inspect.getsource(asyncio.base_events.BaseEventLoop.call_soon_threadsafe):
+    PEAK_SIZED_TABLES.append(
+        _line_of(asyncio.base_events.BaseEventLoop.call_soon_threadsafe, "self._ready.append(")
+    )
 
 
 def settled_snapshot() -> tracemalloc.Snapshot:

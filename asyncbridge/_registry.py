@@ -131,9 +131,13 @@ def load_for(obj: object) -> bool:
 def load_for_imported_packages() -> None:
     """Import the adapter of every package that has an entry and is imported already (a Celery
     worker process imports celery, never asyncbridge's adapter)."""
-    entries = _entry_points()
-    for package, module in entries.items():
-        if package not in _TRIED and package in sys.modules:
+    _load_where(lambda package: package in sys.modules)
+
+
+def _load_where(wanted: Callable[[str], bool]) -> None:
+    """Import, once, the adapter module of every entry whose package is ``wanted``."""
+    for package, module in _entry_points().items():
+        if package not in _TRIED and wanted(package):
             _TRIED.add(package)
             try:
                 importlib.import_module(module)
@@ -185,16 +189,10 @@ def bind_by_id(h: Result[Any], task_id: str, engine: object) -> bool:
 
 
 def _load_available() -> None:
+    """Import the adapters of every package that is imported, or could be."""
     from importlib.util import find_spec
 
-    load_for_imported_packages()
-    for package, module in _entry_points().items():
-        if package not in _TRIED and find_spec(package) is not None:
-            _TRIED.add(package)
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                pass
+    _load_where(lambda package: package in sys.modules or find_spec(package) is not None)
 
 
 def find(ask: Callable[[Adapter], Any], obj: object) -> Any:

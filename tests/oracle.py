@@ -29,7 +29,7 @@ TERMINAL = frozenset({S.SUCCESS, S.FAILURE, S.REVOKED})
 HANG = 10.0  # a hang guard only: it fires on a bug, never decides an outcome
 TERMINAL_WITHIN = 5.0  # the bound: every handle terminal within 5 s
 
-# The forward moves, from the guide's table (GUIDE.md 1.2), kept apart from the library's own table;
+# The forward moves, from docs/architecture.md ("The state machine"), kept apart from the library's own table;
 # RETRY -> FAILURE (a retry that can no longer run) is forward too.
 LEGAL: dict[S, frozenset[S]] = {
     S.PENDING: frozenset({S.STARTED, S.REVOKED, S.SUCCESS, S.FAILURE}),

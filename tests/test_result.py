@@ -542,32 +542,59 @@ def test_a_blank_handle_is_completed_by_hand() -> None:
 # -- a failure no one reads is logged when its handle is collected -----------------------------------
 
 
-async def _fails(message: str) -> None:
-    raise Boom(message)
+async def _fails(boom: Boom) -> None:
+    raise boom
 
 
-def _raise_boom(message: str) -> None:
-    raise Boom(message)
+def _raise_boom(boom: Boom) -> None:
+    raise boom
 
 
-def _finished_and_dropped(make: Any, read: Any = None) -> None:
-    """Run ``make()`` to its end, apply ``read`` (or nothing), and drop the handle."""
-    h = make()
-    done = threading.Event()
-    h.add_done_callback(lambda _h: done.set())  # a callback is not a read, as in asyncio
-    assert done.wait(30)
-    if read is not None:
-        read(h)
-    collected = threading.Event()
-    weakref.finalize(h, collected.set)
-    del h
-    # The work may still hold the handle for a moment after it ended (a spawned coroutine's frame
-    # until its task finishes its step): wait until the handle is really gone.
-    for _ in range(500):
-        gc.collect()
-        if collected.wait(0.01):
-            break
+class _SetOnRecord(logging.Handler):
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.event.set()
+
+
+def _finished_and_dropped(
+    make: Any, read: Any = None, *, message: str = "fire and forget", kept_elsewhere: bool = False
+) -> None:
+    """Run ``make(exception)`` to its end (its work raises that exception), apply ``read`` (or
+    nothing), drop the handle, and return once the handle is collected and its failure either
+    logged or released (the test may keep it ``kept_elsewhere``). The handle's last holder may be
+    another thread, which logs the failure after the handle's weak references are told it died:
+    waiting for the exception's release or its record makes the test's check see the final log."""
+    boom = Boom(message)
+    settled = threading.Event()
+    weakref.finalize(boom, settled.set)
+    logger = logging.getLogger("asyncbridge")
+    on_record = _SetOnRecord(settled)
+    logger.addHandler(on_record)
+    try:
+        h = make(boom)
+        del boom
+        done = threading.Event()
+        h.add_done_callback(lambda _h: done.set())  # a callback is not a read, as in asyncio
+        assert done.wait(30)
+        if read is not None:
+            read(h)
+        collected = threading.Event()
+        weakref.finalize(h, collected.set)
+        del h
+        # The work may still hold the handle for a moment after it ended (a spawned coroutine's
+        # frame until its task finishes its step, the completing thread until it returns).
+        last = collected if kept_elsewhere else settled
+        for _ in range(500):
+            gc.collect()
+            if collected.wait(0.01) and last.wait(0.01):
+                break
+    finally:
+        logger.removeHandler(on_record)
     assert collected.is_set(), "the handle was never collected"
+    assert last.is_set(), "the failure was neither logged nor released"
 
 
 def _unread_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -578,9 +605,9 @@ def _unread_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: ab.spawn(_fails("fire and forget")),
-        lambda: ab.run_in_thread(_raise_boom, "fire and forget"),
-        lambda: ab.task(engine="thread")(_raise_boom).delay("fire and forget"),
+        lambda boom: ab.spawn(_fails(boom)),
+        lambda boom: ab.run_in_thread(_raise_boom, boom),
+        lambda boom: ab.task(engine="thread")(_raise_boom).delay(boom),
     ],
     ids=["spawn", "run_in_thread", "task"],
 )
@@ -610,13 +637,13 @@ def test_a_failure_no_one_read_is_logged_when_its_handle_is_collected(
     ids=["get-propagate-False", "exception", "result", "info", "traceback", "await", "gather"],
 )
 def test_a_failure_that_was_read_is_not_logged(read: Any, caplog: pytest.LogCaptureFixture) -> None:
-    _finished_and_dropped(lambda: ab.run_in_thread(_raise_boom, "read"), read)
+    _finished_and_dropped(lambda boom: ab.run_in_thread(_raise_boom, boom), read)
     assert _unread_records(caplog) == []
 
 
 def test_a_composition_carries_the_failure_of_its_members(caplog: pytest.LogCaptureFixture) -> None:
     """gather() read its member's failure: only the gather's own handle, unread, reports it."""
-    _finished_and_dropped(lambda: ab.gather(ab.run_in_thread(_raise_boom, "member")))
+    _finished_and_dropped(lambda boom: ab.gather(ab.run_in_thread(_raise_boom, boom)))
     [record] = _unread_records(caplog)
     assert "gather" in record.getMessage()
 
@@ -629,8 +656,8 @@ def test_revoked_work_and_wrapped_futures_are_not_reported(caplog: pytest.LogCap
     h.wait(30)
     del h
     with cf.ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(_raise_boom, "the caller holds the future")
-        _finished_and_dropped(lambda: ab.wrap(fut))
+        fut = pool.submit(_raise_boom, Boom("the caller holds the future"))
+        _finished_and_dropped(lambda _boom: ab.wrap(fut), kept_elsewhere=True)
         assert isinstance(fut.exception(), Boom)
     assert _unread_records(caplog) == []
 

@@ -17,27 +17,23 @@ Not ``asyncio.run_coroutine_threadsafe``/``wrap_future``: each adds a second fut
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextvars
 import inspect
 import math
-import os
 import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _runtime as runtime
 from ._context import CURRENT, settle_failure
 from ._errors import TimeLimitExceeded, format_seconds
 from ._result import Owned, Result, Wrapped, _get_running_loop
-from ._state import STARTED
+from ._validate import optional_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
 T = TypeVar("T")
-
-#: How long interpreter exit waits for cancelled background-loop tasks to finish unwinding.
-EXIT_GRACE = 2.0
 
 
 def _cancel_on_loop(h: Result[Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
@@ -97,19 +93,15 @@ def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
     """
     h: Result[T] = Wrapped()
     loop = fut.get_loop()
-    h._loop = loop
-    h._src = fut
-    if isinstance(fut, asyncio.Task):
-        h._st = STARTED  # a fresh handle: no one else can see it yet, no lock needed
-        h._attempts = 1
-        h._label = "task " + fut.get_name()
-    else:
-        h._label = "asyncio future"
+    is_task = isinstance(fut, asyncio.Task)
+    h._setup("task " + fut.get_name() if isinstance(fut, asyncio.Task) else "asyncio future")
     if fut.done():
+        h._bind_source(fut, loop)
         h._adopt(fut)
     elif _get_running_loop() is loop:
-        h._activate = _bind
+        h._bind_source(fut, loop, started=is_task, activate=_bind)
     else:
+        h._bind_source(fut, loop, started=is_task)
         _bind(h)
     return h
 
@@ -140,18 +132,19 @@ def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Resu
             cancelled and the handle ends FAILURE with :class:`asyncbridge.TimeLimitExceeded`.
 
     Raises:
-        TypeError: ``coro`` is not a coroutine (a coroutine *function* gets a hint to call it).
-        ValueError: ``timeout`` is negative or not a number.
+        TypeError: ``coro`` is not a coroutine (a coroutine *function* gets a hint to call it), or
+            ``timeout`` is not a number.
+        ValueError: ``timeout`` is not > 0.
         RuntimeError: called in sync code during interpreter shutdown.
     """
     check_coroutine(coro, "spawn")
     h: Result[T] = Owned()
     try:
-        h._time_limit = check_time_limit(timeout)
+        limit = check_time_limit(timeout)
     except ValueError:
         coro.close()  # it must not run, nor warn "never awaited" over the real message
         raise
-    h._label = f"coroutine {getattr(coro, '__qualname__', '?')}()"
+    h._setup(f"coroutine {getattr(coro, '__qualname__', '?')}()", time_limit=limit)
     start_coroutine(h, coro)
     return h
 
@@ -169,16 +162,13 @@ def start_coroutine(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
         _spawn_trio(h, coro, ctx)
         return
     loop = BACKGROUND.loop()
-    h._loop = loop
+    h._bind_source(runner=loop)
     loop.call_soon_threadsafe(_start, h, coro, ctx, loop)
 
 
 def check_time_limit(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, or None; not {timeout!r}")
-    return float(min(timeout, threading.TIMEOUT_MAX))  # clamped first: a huge int is still valid
+    """An execution time limit (``spawn(timeout=)``, ``@task(timeout=)``): None, or seconds > 0."""
+    return optional_seconds(timeout, "timeout", positive=True)
 
 
 def _start(
@@ -252,8 +242,7 @@ def _run_as_task(
     task = loop.create_task(_run(h, coro), context=ctx)
     _TASKS[task] = h
     task.add_done_callback(partial(_after_run, h, coro))
-    h._loop = loop
-    h._src = task
+    h._bind_source(task, loop)
     h._on_cancel(partial(_cancel_on_loop, h, task, loop))
 
 
@@ -271,11 +260,33 @@ def _in_trio() -> bool:
     return True
 
 
+class _TrioRun:
+    """The runner of work spawned in a trio run: blocking for it on that run's thread never ends."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+
+    def check_can_block(self, h: Result[Any], caller: str) -> None:
+        import trio
+
+        try:
+            here = trio.lowlevel.current_trio_token() == self.token
+        except RuntimeError:  # not in a trio run
+            return
+        if here:
+            raise RuntimeError(
+                f"{h!r}.{caller}() was called in the trio run that must run this work, so it could "
+                "never return; use 'await' here, or call it from another thread"
+            )
+
+
 def _spawn_trio(h: Result[T], coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> None:
     import trio
 
     token = trio.lowlevel.current_trio_token()
-    h._loop = token
+    h._bind_source(runner=_TrioRun(token))
     h._set_started()
     limit = h._time_limit
     scope = trio.CancelScope(deadline=trio.current_time() + limit if limit is not None else math.inf)
@@ -349,7 +360,7 @@ class _BackgroundLoop:
         finally:
             asyncio.set_event_loop(None)
 
-    def shutdown(self, grace: float = EXIT_GRACE) -> None:
+    def shutdown(self, grace: float = runtime.EXIT_GRACE) -> None:
         """Cancel every task on the loop, let them unwind for up to ``grace`` s, stop and close it.
 
         Starts queued before the shutdown still run first (and are cancelled at once), so every
@@ -412,10 +423,8 @@ class _BackgroundLoop:
             if h._loop is old:
                 _TASKS.pop(task, None)
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
-                h._set_exception(lost)
+                h._fail_in_forked_child(lost)
 
 
 BACKGROUND = _BackgroundLoop()
-atexit.register(BACKGROUND.shutdown)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=BACKGROUND._after_fork_in_child)
+runtime.add("background loop", stop=BACKGROUND.shutdown, after_fork_in_child=BACKGROUND._after_fork_in_child)

@@ -64,7 +64,7 @@ class Blocking(Generic[T]):
         loop = self._loop
         if self._st in _TERMINAL:
             if loop is not None and getattr(loop, "check_even_when_done", False):
-                loop.check_can_block()  # an engine's rule that holds whatever the state (Celery's)
+                loop.check_can_block(self, caller)  # an engine's rule whatever the state (Celery's)
             return True
         if loop is not None:
             self._check_can_block(loop, caller)
@@ -117,25 +117,17 @@ class Blocking(Generic[T]):
     def _check_can_block(self, loop: Any, caller: str) -> None:
         """Raise RuntimeError where blocking for this handle could never end.
 
-        ``loop`` is what runs the work: an asyncio loop, a trio token, or an engine's own guard (an
-        object with a ``check_can_block()`` method, e.g. Celery's rule inside a running task)."""
+        ``loop`` is what runs the work: an asyncio loop (refused on its own thread), or a guard the
+        adapter bound with ``check_can_block(handle, caller)`` (a trio run, Celery's rule inside a
+        running task): the waiting code imports no event library and knows no engine."""
         if isinstance(loop, asyncio.AbstractEventLoop):
-            on_owner = _get_running_loop() is loop
-        elif hasattr(loop, "check_can_block"):
-            loop.check_can_block()
-            return
+            if _get_running_loop() is loop:
+                raise RuntimeError(
+                    f"{self!r}.{caller}() was called on the event-loop thread that must run this work, "
+                    "so it could never return; use 'await' here, or call it from another thread"
+                )
         else:
-            import trio  # a trio token: only handles made inside a trio run carry one
-
-            try:
-                on_owner = bool(trio.lowlevel.current_trio_token() == loop)
-            except RuntimeError:
-                on_owner = False
-        if on_owner:
-            raise RuntimeError(
-                f"{self!r}.{caller}() was called on the event-loop thread that must run this work, "
-                "so it could never return; use 'await' here, or call it from another thread"
-            )
+            loop.check_can_block(self, caller)
 
     @overload
     def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> T: ...

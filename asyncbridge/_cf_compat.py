@@ -14,7 +14,7 @@ import concurrent.futures as cf
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._state import _CF_STATE, FAILURE, PENDING, REVOKED, STARTED, State
+from ._state import _CF_STATE, FAILURE, PENDING, REVOKED, State
 
 T = TypeVar("T")
 
@@ -32,6 +32,7 @@ class CfFuture(Generic[T]):
         _activate: Any
 
         def _bind_now(self) -> None: ...
+        def _set_started(self) -> bool: ...
         def _set_result(self, value: T) -> bool: ...
         def _set_exception(self, exc: BaseException) -> bool: ...
     else:
@@ -97,9 +98,7 @@ class CfFuture(Generic[T]):
                 return False
             if self._st is not PENDING:
                 raise RuntimeError(f"{self!r}: set_running_or_notify_cancel() in state {self._st}")
-            self._attempts += 1
-            self._st = STARTED
-            return True
+        return self._set_started()  # the one way into STARTED (its move check, watchers, limit)
 
     def set_result(self, result: T) -> None:
         """Complete the handle with ``result``. Raises ``InvalidStateError`` if already done."""

@@ -22,8 +22,9 @@ from ._asyncio import BACKGROUND, spawn
 from ._awaiting import shield
 from ._errors import close_coroutines, format_seconds
 from ._result import Owned, Result, install_then
-from ._state import FAILURE, REVOKED, SUCCESS
+from ._state import REVOKED, SUCCESS
 from ._threads import run_in_thread
+from ._validate import callable_arg
 from ._waiters import check_timeout
 from ._wrap import wrap
 
@@ -103,11 +104,8 @@ def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
 
 def _outcome_of(h: Result[Any]) -> BaseException | None:
     """The exception a finished member ended with (REVOKED: a cf.CancelledError), or None."""
-    st = h._st
-    if st is SUCCESS:
-        return None
-    h._mark_read()  # the composition carries it on
-    return h._value  # type: ignore[no-any-return]
+    st, value, _ = h._ended()  # the composition carries a failure on: it is read here
+    return None if st is SUCCESS else value
 
 
 def _schedule(delay: float, fn: Callable[[], object]) -> Callable[[], None]:
@@ -193,7 +191,7 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[Any]:
     """
     handles = [_as_handle(m) for m in _members(members, "gather")]
     out: Result[list[Any]] = Owned()
-    out._label = f"gather of {len(handles)}"
+    out._setup(f"gather of {len(handles)}")
     out._set_started()
     if not handles:
         out._set_result([])
@@ -202,20 +200,20 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[Any]:
     left = [len(handles)]
 
     def member_done(h: Result[Any]) -> None:
-        exc = _outcome_of(h)
-        if exc is not None and not return_exceptions:
-            if h._st is REVOKED:
+        st, value, tb = h._ended()
+        if st is not SUCCESS and not return_exceptions:
+            if st is REVOKED:
                 out._set_cancelled()
             else:
-                out._finish(FAILURE, exc, h._tb)
+                out._fail_as(value, tb)
             for other in handles:
                 other.cancel()
             return
         with lock:
             left[0] -= 1
             finished = left[0] == 0
-        if finished:
-            out._set_result([m._value for m in handles])
+        if finished:  # each member's value, or with return_exceptions its exception
+            out._set_result([m._ended()[1] for m in handles])
 
     out._on_cancel(lambda: [m.cancel() for m in handles])
     for h in handles:
@@ -249,7 +247,7 @@ def wait(
         raise
     pairs = [(o, _as_handle(o)) for o in originals]
     out: Result[tuple[set[Any], set[Any]]] = Owned()
-    out._label = f"wait for {len(pairs)}"
+    out._setup(f"wait for {len(pairs)}")
     out._set_started()
     lock = threading.Lock()
     done: set[Any] = set()
@@ -269,7 +267,7 @@ def wait(
         if (
             return_when == FIRST_COMPLETED
             or count == len(pairs)
-            or (return_when == FIRST_EXCEPTION and h._st is FAILURE)
+            or (return_when == FIRST_EXCEPTION and h.failed())
         ):
             settle()
 
@@ -311,14 +309,15 @@ def race(*members: Any) -> Result[Any]:
         raise ValueError("race() needs at least one member")
     handles = [_as_handle(m) for m in _members(members, "race")]
     out: Result[Any] = Owned()
-    out._label = f"race of {len(handles)}"
+    out._setup(f"race of {len(handles)}")
     out._set_started()
     lock = threading.Lock()
     left = [len(handles)]
 
     def member_done(h: Result[Any]) -> None:
-        if h._st is SUCCESS:
-            if out._set_result(h._value):
+        st, value, _ = h._ended()
+        if st is SUCCESS:
+            if out._set_result(value):
                 for other in handles:
                     if other is not h:
                         other.cancel()
@@ -517,29 +516,27 @@ class _AsyncAsCompleted(Generic[T]):
 
 def then(source: Result[T], fn: Callable[[T], U] | Callable[[T], Coroutine[Any, Any, U]]) -> Result[U]:
     """A handle for ``fn(value)`` once ``source`` succeeds: see :meth:`Result.then`."""
-    if not callable(fn):
-        close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
-        raise TypeError(f"then() needs a callable, not {type(fn).__qualname__}")
+    callable_arg(fn, "then")
     out: Result[U] = Owned()
-    out._label = f"then {getattr(fn, '__qualname__', '?')}()"
+    out._setup(f"then {getattr(fn, '__qualname__', '?')}()")
     step: list[Result[Any]] = []
 
     def source_done(h: Result[T]) -> None:
-        exc = _outcome_of(h)
-        if exc is not None:
-            if h._st is REVOKED:
+        st, value, tb = h._ended()
+        if st is not SUCCESS:
+            if st is REVOKED:
                 out._set_cancelled()
             else:
-                out._finish(FAILURE, exc, h._tb)
+                out._fail_as(value, tb)
             return
         if out._cancel_requested:
             out._set_cancelled()
             return
         out._set_started()  # the step begins now
         if inspect.iscoroutinefunction(fn):
-            nxt: Result[Any] = spawn(fn(h._value))
+            nxt: Result[Any] = spawn(fn(value))
         else:
-            nxt = run_in_thread(fn, h._value)  # never on a loop thread: fn may block
+            nxt = run_in_thread(fn, value)  # never on a loop thread: fn may block
         step.append(nxt)
         nxt.add_done_callback(out._adopt)
 

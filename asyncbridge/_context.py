@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _registry as registry
 from ._errors import Cancelled, TimeLimitExceeded, format_seconds
@@ -17,7 +17,24 @@ from ._errors import Cancelled, TimeLimitExceeded, format_seconds
 if TYPE_CHECKING:
     from ._result import Result
 
-CURRENT: ContextVar[Result[Any] | None] = ContextVar("asyncbridge_current_work", default=None)
+
+class Work(Protocol):
+    """What the calls made inside work need of it. A handle is one; where the handle lives in
+    another process (a worker process, a Celery worker), the adapter sets a stand-in that carries
+    the calls there (docs/architecture.md, "Inside the work")."""
+
+    @property
+    def _label(self) -> str: ...
+    @property
+    def _cancel_requested(self) -> bool: ...
+    @property
+    def _deadline(self) -> float | None: ...
+    @property
+    def _time_limit(self) -> float | None: ...
+    def _set_progress(self, meta: dict[str, Any], state_name: str | None = None, /) -> bool: ...
+
+
+CURRENT: ContextVar[Work | None] = ContextVar("asyncbridge_current_work", default=None)
 
 
 def checkpoint() -> None:
@@ -67,7 +84,7 @@ def report_progress(**meta: Any) -> None:
         RuntimeError: called outside any asyncbridge work, where there is no handle to report to.
         TypeError: from process work, ``meta`` cannot be pickled.
     """
-    h: Any = CURRENT.get()
+    h: Work | None = CURRENT.get()
     if h is None:  # work an adapter's engine runs, even not through @task (a plain Celery task)
         h = registry.current_work()
     if h is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from ._result import Result, Wrapped
-from ._state import STARTED
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -21,14 +20,11 @@ T = TypeVar("T")
 def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     """A handle mirroring ``fut``; callbacks on it run where ``fut``'s callbacks run."""
     h: Result[T] = Wrapped()
-    h._label = "future"
+    h._setup("future")
     if fut.done():
         h._adopt(fut)
         return h
-    if fut.running():
-        h._st = STARTED  # a fresh handle: no one else can see it yet, no lock needed
-        h._attempts = 1
-    h._probe = fut.running
-    h._hooks = [fut.cancel]  # the handle's cancel hook, set before anyone can cancel it
+    # cancel() forwards to fut.cancel, and the state asks fut.running() while PENDING
+    h._bind_source(started=fut.running(), probe=fut.running, cancel_hook=fut.cancel)
     fut.add_done_callback(h._adopt)  # runs at once if fut finished meanwhile
     return h

@@ -42,7 +42,6 @@ first submit starts afresh.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import concurrent.futures as cf
 import functools
@@ -59,7 +58,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ._errors import RemoteTraceback, TimeLimitExceeded, WorkerCrashed, close_coroutines, format_seconds
+from . import _runtime as runtime
+from ._errors import RemoteTraceback, TimeLimitExceeded, WorkerCrashed, format_seconds
 from ._process_worker import (
     _CANCELLED,
     _DONE,
@@ -72,6 +72,7 @@ from ._process_worker import (
 )
 from ._result import LOGGER, Owned, Result
 from ._signals import block_signals
+from ._validate import callable_arg, seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,8 +84,6 @@ T = TypeVar("T")
 CANCEL_GRACE = 0.1
 #: Seconds between SIGTERM and SIGKILL for a worker that does not exit.
 KILL_AFTER = 0.5
-#: Seconds interpreter exit waits for workers to finish before killing them.
-EXIT_GRACE = 2.0
 #: The manager wakes at least this often (seconds): a deadline further away is waited for in steps.
 _LONGEST_WAIT = 3600.0
 
@@ -215,13 +214,8 @@ class ProcessPool(cf.Executor):
         start_method: str | None = None,
         cancel_grace: float = CANCEL_GRACE,
     ) -> None:
-        if (
-            isinstance(cancel_grace, bool)
-            or not isinstance(cancel_grace, int | float)
-            or not cancel_grace >= 0
-        ):
-            raise ValueError(f"cancel_grace must be a number of seconds >= 0, not {cancel_grace!r}")
-        self._grace = float(min(cancel_grace, threading.TIMEOUT_MAX))  # clamp: a huge int is still valid
+        self._grace = seconds(cancel_grace, "cancel_grace")
+        self._stop_grace = runtime.EXIT_GRACE  # how long stopping workers wait before killing them
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -254,9 +248,7 @@ class ProcessPool(cf.Executor):
                 worker still importing the main module (a script without ``if __name__ ==
                 '__main__':``).
         """
-        if not callable(fn):
-            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
-            raise TypeError(f"run_in_process() needs a callable, not {type(fn).__qualname__}")
+        callable_arg(fn, "run_in_process", hint="; use asyncbridge.spawn(coro) for those")
         try:
             payload = pickle.dumps((fn, args, kwargs))
         except Exception as exc:
@@ -264,7 +256,7 @@ class ProcessPool(cf.Executor):
         if self.start_method != "fork" and _main_for_workers() is None and b"__main__" in payload:
             _refuse_main_objects((fn, args, kwargs))  # (the scan of a big payload last: rarely needed)
         h: Result[T] = Owned()
-        h._label = f"process {getattr(fn, '__qualname__', type(fn).__qualname__)}()"
+        h._setup(f"process {getattr(fn, '__qualname__', type(fn).__qualname__)}()")
         self._enqueue(h, payload)
         return h
 
@@ -530,7 +522,7 @@ class ProcessPool(cf.Executor):
                 w.conn.send_bytes(b"")
             except OSError:
                 pass
-        deadline = time.monotonic() + EXIT_GRACE
+        deadline = time.monotonic() + self._stop_grace
         for w in self._workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
@@ -608,21 +600,10 @@ class ProcessPool(cf.Executor):
         self._manager = None
         gone = RuntimeError("the process forked while this work ran; it runs in the parent only")
         for task in running:
-            _fail_in_child(task.handle, gone)
+            task.handle._fail_in_forked_child(gone)
         lost = RuntimeError("the process forked while this work was queued; it runs in the parent only")
         for task in queued:
-            _fail_in_child(task.handle, lost)
-
-
-def _fail_in_child(h: Result[Any], exc: BaseException) -> None:
-    """Fail a forked child's copy of a handle. A thread of the parent (the manager, moving the
-    handle along) may have held its lock at the fork; no thread of the child does (this runs before
-    any code of the child), so a held lock is the parent's and would never be released here. The
-    state it guarded is whole but for the move under way (a handle sets its state last), which this
-    failure replaces in the child."""
-    if h._lock.locked():
-        h._lock = threading.Lock()
-    h._set_exception(exc)
+            task.handle._fail_in_forked_child(lost)
 
 
 def _close_quietly(close: Callable[[], object]) -> None:
@@ -795,9 +776,13 @@ def shared_pool() -> ProcessPool:
     return pool
 
 
-def _shutdown_shared() -> None:
-    if _POOL is not None:
-        _POOL.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+def _stop_shared(grace: float) -> None:
+    """Interpreter exit: queued work revoked, running work cancelled, workers stopped (killed once
+    ``grace`` seconds have passed)."""
+    pool = _POOL
+    if pool is not None:
+        pool._stop_grace = grace
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
 
 
 def _after_fork_in_child() -> None:
@@ -809,9 +794,7 @@ def _after_fork_in_child() -> None:
         pool._after_fork_in_child(forgotten)
 
 
-atexit.register(_shutdown_shared)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+runtime.add("process pools", stop=_stop_shared, after_fork_in_child=_after_fork_in_child)
 
 
 def run_in_process(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Result[T]:

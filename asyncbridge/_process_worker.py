@@ -147,7 +147,7 @@ class _WorkerHandle:
     def _cancel_requested(self) -> bool:
         return bool(self._cancel_word.value == self._seq)
 
-    def _set_progress(self, meta: dict[str, Any]) -> bool:
+    def _set_progress(self, meta: dict[str, Any], state_name: str | None = None, /) -> bool:
         try:
             blob = pickle.dumps(meta)
         except Exception as exc:
@@ -205,7 +205,7 @@ def worker_main(conn: mpc.Connection, cancel_word: Any) -> None:
         label = getattr(fn, "__qualname__", "?")
         time_limit = None if math.isnan(limit) else limit
         here = _WorkerHandle(seq, cancel_word, label, time_limit, send)
-        token = CURRENT.set(here)  # type: ignore[arg-type]
+        token = CURRENT.set(here)
         reply: tuple[int, int, bytes | None]
         try:
             value = fn(*args, **kwargs)

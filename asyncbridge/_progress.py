@@ -11,8 +11,8 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ._errors import close_coroutines
 from ._state import _TERMINAL, PROGRESS, State
+from ._validate import callable_arg
 from ._waiters import get_running_loop, park
 
 if TYPE_CHECKING:
@@ -49,9 +49,7 @@ class Progress:
         thread), or on ``loop`` through ``call_soon_threadsafe``. If ``fn`` raises, the error is
         logged to the ``asyncbridge`` logger and the work goes on.
         """
-        if not callable(fn):
-            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
-            raise TypeError(f"on_progress() needs a callable, not {type(fn).__qualname__}")
+        callable_arg(fn, "on_progress")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
 

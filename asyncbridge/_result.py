@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 from ._awaiting import Awaiting
 from ._blocking import Blocking
 from ._cf_compat import CfFuture
-from ._errors import close_coroutines
 from ._progress import Progress
 from ._state import (
     _MOVES,
@@ -62,6 +61,7 @@ from ._state import (
     SUCCESS,
     State,
 )
+from ._validate import callable_arg
 from ._waiters import get_running_loop
 
 __all__ = ["Result", "State"]
@@ -216,7 +216,97 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
             )
         self.__class__ = Wrapped  # the engine's work completes it, not the caller
 
-    # -- the completer API, for adapters ----------------------------------------------------------
+    # -- the producer API, for adapters (docs/architecture.md, "The producer API") ----------------
+    #
+    # Setting up a fresh handle, before the adapter hands it out (no lock: no one else sees it).
+
+    def _setup(
+        self, label: str | None = None, *, task_id: str | None = None, time_limit: float | None = None
+    ) -> None:
+        """Name the work (``label``, for repr and messages), give it the engine's own id, and an
+        execution time limit (checked by ``checkpoint()`` and honoured by the adapter that runs it,
+        counted from each start). Only what is given changes."""
+        if label is not None:
+            self._label = label
+        if task_id is not None:
+            self._id = task_id
+        if time_limit is not None:
+            self._time_limit = time_limit
+
+    def _bind_source(
+        self,
+        source: Any = None,
+        runner: Any = None,
+        *,
+        started: bool = False,
+        probe: Callable[[], bool] | None = None,
+        activate: Callable[[Result[T]], object] | None = None,
+        cancel_hook: Callable[[], object] | None = None,
+        pin: Callable[[Result[T]], object] | None = None,
+    ) -> None:
+        """Tell the waiting code what it needs of the work (docs/architecture.md, "Waiting"); only
+        what is given changes:
+
+        - ``source``: the asyncio future the work is, if any (an await on its own loop awaits it
+          directly; a get() rescues its outcome if its loop is closed by hand);
+        - ``runner``: what runs the work: its asyncio loop (get() on that loop's thread is refused,
+          and waits watch the loop), or a guard with ``check_can_block(handle, caller)`` (a trio
+          run, an engine's own rule) and an optional true ``check_even_when_done``;
+        - ``started``: the work already runs (an asyncio task, a running cf future);
+        - ``probe()``: asked, while PENDING, whether work that cannot report its start has started;
+        - ``activate(handle)``: a binding made lazily, once, before anything needs to be told;
+        - ``cancel_hook``: as :meth:`_on_cancel`, set before anyone can cancel;
+        - ``pin(handle)``: called once when the first callback is added (an engine that holds its
+          handles weakly holds this one strongly from then on).
+        """
+        if source is not None:
+            self._src = source
+        if runner is not None:
+            self._loop = runner
+        if started and self._st is PENDING:
+            self._enter_started()
+        if probe is not None:
+            self._probe = probe
+        if activate is not None:
+            self._activate = activate
+        if cancel_hook is not None:
+            self._hooks = [cancel_hook]
+        if pin is not None:
+            self._pin = pin
+
+    # Reading: the work may read ``_label``, ``_time_limit``, ``_deadline``, ``_attempts``, ``_loop``
+    # (its runner) and ``_cancel_requested`` of its own handle, and writes none of them.
+
+    def _ended(self) -> tuple[State, Any, TracebackType | None]:
+        """The terminal state of a done handle, its value or exception, and the traceback, for a
+        composition that carries the outcome on (which then owns reporting it)."""
+        st = self._st
+        if st not in _TERMINAL:
+            raise cf.InvalidStateError(f"{self!r} is not done")
+        if st is FAILURE:
+            self._mark_read()
+        return st, self._value, self._tb
+
+    def _fail_as(self, exc: BaseException, tb: TracebackType | None) -> bool:
+        """-> FAILURE with ``exc`` and the traceback ``tb`` it had where it first failed."""
+        return self._finish(FAILURE, exc, tb)
+
+    def _revoke_as(self, exc: cf.CancelledError) -> bool:
+        """-> REVOKED with ``exc`` (an engine's own reason, kept as its cause) as the outcome."""
+        return self._finish(REVOKED, exc, None)
+
+    def _fail_in_forked_child(self, exc: BaseException) -> bool:
+        """Fail a forked child's copy of this handle, whose work stayed in the parent.
+
+        A thread of the parent (one moving this handle along) may have held its lock at the fork;
+        no thread of the child does (this runs before any code of the child), so a held lock is the
+        parent's and would never be released here. The state it guarded is whole but for the move
+        under way (a move sets the state last), which this failure replaces in the child."""
+        if self._lock.locked():
+            self._lock = threading.Lock()
+        return self._set_exception(exc)
+
+    # -- moves --------------------------------------------------------------------------------------
 
     def _may_move(self, to: State) -> bool:
         """Check one move against the table; the caller holds the lock. False if already terminal.
@@ -235,18 +325,23 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
 
     def _set_started(self) -> bool:
         """PENDING or RETRY -> STARTED. False if the handle was revoked or ended before the start:
-        then the caller must not run the work. Starts the attempt's time limit, if any."""
+        then the caller must not run the work; False too, changing nothing, if it already runs (so
+        an engine that learns of a start late just calls this). Starts the attempt's time limit."""
         with self._lock:
             if not self._may_move(STARTED):
                 return False
-            self._attempts += 1
-            if self._time_limit is not None:
-                self._deadline = time.monotonic() + self._time_limit
-            self._st = STARTED
+            self._enter_started()
             watchers = self._watchers
         if watchers:
             self._tell(watchers, STARTED, None)
         return True
+
+    def _enter_started(self) -> None:
+        """The one way into STARTED; the caller holds the lock (or the handle is still unseen)."""
+        self._attempts += 1
+        if self._time_limit is not None:
+            self._deadline = time.monotonic() + self._time_limit
+        self._st = STARTED
 
     def _set_progress(self, meta: dict[str, Any], state_name: str | None = None) -> bool:
         """STARTED or PROGRESS -> PROGRESS with ``meta`` as ``info``; wakes progress observers.
@@ -620,9 +715,7 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         loop (``asyncio.wait`` treats any object with ``add_done_callback`` as an asyncio future)
         runs on that loop, as an asyncio future would run it.
         """
-        if not callable(fn):
-            close_coroutines(fn)  # type: ignore[unreachable]  # untyped callers do get here
-            raise TypeError(f"add_done_callback() needs a callable, not {type(fn).__qualname__}")
+        callable_arg(fn, "add_done_callback")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
         if loop is None and _is_loop_bound(fn):

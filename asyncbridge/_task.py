@@ -30,8 +30,9 @@ from ._asyncio import BACKGROUND, check_time_limit, start_coroutine
 from ._errors import close_coroutines
 from ._process import ProcessPool, _unpicklable, shared_pool
 from ._result import Owned, Result
-from ._state import FAILURE, PENDING, PROGRESS, RETRY, REVOKED, STARTED, SUCCESS
+from ._state import PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
 from ._threads import POOL
+from ._validate import seconds
 from ._wrap import wrap
 
 if TYPE_CHECKING:
@@ -74,12 +75,7 @@ class Retry:
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             raise ValueError(f"Retry(attempts=) must be an int >= 1, not {self.attempts!r}")
-        if (
-            isinstance(self.backoff, bool)
-            or not isinstance(self.backoff, int | float)
-            or not self.backoff >= 0
-        ):
-            raise ValueError(f"Retry(backoff=) must be a number of seconds >= 0, not {self.backoff!r}")
+        seconds(self.backoff, "Retry(backoff=)")
         on = self.on
         if isinstance(on, type):
             on = (on,)
@@ -226,7 +222,7 @@ class _TaskBase(Generic[P, T]):
         if self._remote is not None:
             return self._remote.submit(args, kwargs, options)
         h: Result[T] = Owned()
-        h._label = f"{self._label_prefix} {self._label_name}()"
+        h._setup(f"{self._label_prefix} {self._label_name}()")
         _Job(self, h, args, kwargs).start()
         return h
 
@@ -392,7 +388,7 @@ class _Decorator(Protocol):
 class _Job:
     """Runs the attempts of one task call and binds them to its handle."""
 
-    __slots__ = ("args", "ctx", "handle", "inner", "kwargs", "lock", "payload", "spec", "timer")
+    __slots__ = ("args", "ctx", "handle", "inner", "kwargs", "lock", "payload", "retrying", "spec", "timer")
 
     def __init__(
         self, spec: _TaskBase[Any, Any], handle: Result[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -404,6 +400,7 @@ class _Job:
         self.ctx = contextvars.copy_context()
         self.inner: Result[Any] | None = None
         self.timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self.retrying = False  # between attempts: the last one failed, the next not yet begun
         self.lock = threading.Lock()
         self.payload: bytes | None = None
         engine = spec.engine
@@ -416,7 +413,7 @@ class _Job:
     def start(self) -> None:
         h = self.handle
         h._on_cancel(self._cancel)
-        h._probe = self._inner_started
+        h._bind_source(probe=self._inner_started)
         self._attempt()
 
     def _inner_started(self) -> bool:
@@ -427,14 +424,14 @@ class _Job:
         h = self.handle
         with self.lock:
             self.timer = None
+            self.retrying = False
             if h.done():
                 return
             if h._cancel_requested:
                 h._set_cancelled()
                 return
             inner: Result[Any] = Owned()
-            inner._label = h._label
-            inner._time_limit = self.spec.timeout
+            inner._setup(h._label, time_limit=self.spec.timeout)
             inner._watch(self._mirror)  # before the work can start: no move is missed
             try:
                 inner = self._launch(inner)
@@ -466,28 +463,27 @@ class _Job:
 
     def _attempt_done(self, inner: Result[Any]) -> None:
         h = self.handle
-        st = inner._st
+        st, value, tb = inner._ended()  # a failure is read here: the task's handle carries it on
         if st is SUCCESS:
-            h._set_result(inner._value)
+            h._set_result(value)
             return
         if st is REVOKED:
             h._set_cancelled()
             return
-        inner._mark_read()  # the task's handle carries it on (or retries)
-        exc = inner._value
-        if h._st is PENDING or h._st is RETRY:  # this attempt failed before it could start
-            h._set_started()
+        h._set_started()  # an attempt that failed before it could start did begin (else a no-op)
         retry = self.spec.retry
         if (
             retry is not None
             and h._attempts < retry.attempts
-            and isinstance(exc, retry.on)
+            and isinstance(value, retry.on)
             and not h._cancel_requested
-            and h._set_retry(exc)
         ):
-            self._schedule(retry.delay_before(h._attempts + 1), inner)
-            return
-        h._finish(FAILURE, exc, inner._tb)
+            with self.lock:
+                self.retrying = h._set_retry(value)
+            if self.retrying:
+                self._schedule(retry.delay_before(h._attempts + 1), inner)
+                return
+        h._fail_as(value, tb)
 
     def _schedule(self, delay: float, inner: Result[Any]) -> None:
         if delay <= 0:
@@ -509,11 +505,11 @@ class _Job:
 
     def _cancel(self) -> None:
         with self.lock:
-            inner, timer = self.inner, self.timer
+            inner, timer, retrying = self.inner, self.timer, self.retrying
             self.timer = None
         if inner is not None and not inner.done():
             inner.cancel()  # the attempt ends REVOKED, and so does the task's handle
-        elif self.handle._st is RETRY:  # between attempts: nothing runs, so it has stopped
+        elif retrying:  # between attempts: nothing runs, so it has stopped
             if timer is not None:
                 loop, handle = timer
                 try:

@@ -9,7 +9,7 @@ is completed directly. The pool also does what an executor cannot:
 - A worker that blocks in ``get()`` on another handle lends its slot: the pool may start one more
   thread while it waits, so work waiting on work in the same full pool cannot starve it.
 - At interpreter exit queued work is revoked and running work is asked to stop (its
-  ``checkpoint()`` raises); exit waits up to :data:`EXIT_GRACE` seconds for it. Work that never
+  ``checkpoint()`` raises); exit waits up to ``EXIT_GRACE`` seconds (``_runtime``) for it. Work that never
   checks is abandoned to the interpreter's shutdown (the threads are daemons), so exit never hangs
   on it. ``asyncio.run`` by contrast blocks at exit until abandoned ``to_thread`` jobs end.
 - After ``fork()`` the child starts with an empty pool; items queued in the parent at the fork fail
@@ -18,7 +18,6 @@ is completed directly. The pool also does what an executor cannot:
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import os
 import queue
@@ -28,16 +27,16 @@ from collections.abc import Callable
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
-from . import _blocking
+from . import _blocking, _runtime as runtime
 from ._context import CURRENT, settle_failure
 from ._result import Owned, Result
 from ._signals import block_signals, unblock_signals
+from ._validate import callable_arg
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: How long interpreter exit waits for running thread work to notice its cancellation.
-EXIT_GRACE = 2.0
 
 _Item = tuple[Result[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -153,7 +152,7 @@ class _ThreadPool:
         with self._lock:
             self._lent -= 1
 
-    def shutdown(self, grace: float = EXIT_GRACE) -> None:
+    def shutdown(self, grace: float = runtime.EXIT_GRACE) -> None:
         """Revoke queued work, ask running work to stop, wait up to ``grace`` s for it."""
         self._closed = True
         while True:
@@ -178,7 +177,7 @@ class _ThreadPool:
         self._reset()
         gone = RuntimeError("the process forked while this work ran; it runs in the parent only")
         for h in running:  # their threads do not exist in the child
-            h._set_exception(gone)
+            h._fail_in_forked_child(gone)
         lost = RuntimeError("the process forked while this work was queued; it runs in the parent only")
         while True:
             try:
@@ -186,14 +185,12 @@ class _ThreadPool:
             except queue.Empty:
                 break
             if item is not None:
-                item[0]._set_exception(lost)
+                item[0]._fail_in_forked_child(lost)
 
 
 POOL = _ThreadPool(max_workers=min(32, (os.cpu_count() or 1) + 4), name="asyncbridge-worker")
+runtime.add("thread pool", stop=POOL.shutdown, after_fork_in_child=POOL._after_fork_in_child)
 _blocking.block_hook = POOL.block_hook
-atexit.register(POOL.shutdown)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=POOL._after_fork_in_child)
 
 
 def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
@@ -212,12 +209,8 @@ def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> R
         TypeError: ``fn`` is not callable (a coroutine is closed first; use ``spawn`` for those).
         RuntimeError: called during interpreter shutdown.
     """
-    if not callable(fn):
-        if isinstance(fn, CoroutineType):  # type: ignore[unreachable]  # typed callers cannot get here
-            fn.close()  # close it, or Python also warns "never awaited" and buries this message
-            raise TypeError("run_in_thread() needs a function, not a coroutine; use asyncbridge.spawn(coro)")
-        raise TypeError(f"run_in_thread() needs a callable, not {type(fn).__qualname__}")
+    callable_arg(fn, "run_in_thread", hint="; use asyncbridge.spawn(coro) for those")
     h: Result[T] = Owned()
-    h._label = f"thread {getattr(fn, '__qualname__', type(fn).__qualname__)}()"
+    h._setup(f"thread {getattr(fn, '__qualname__', type(fn).__qualname__)}()")
     POOL.submit((h, contextvars.copy_context(), fn, args, kwargs))
     return h

@@ -12,6 +12,8 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._validate import optional_seconds
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
@@ -88,13 +90,8 @@ class _TrioWaiter:
 
 
 def check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__qualname__}")
-    if timeout != timeout or timeout < 0:  # NaN, without float(): a huge int is still a number
-        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return float(min(timeout, threading.TIMEOUT_MAX))  # an int too big for a float is clamped first
+    """A wait's ``timeout``: None (no limit) or seconds >= 0."""
+    return optional_seconds(timeout, "timeout")
 
 
 def park(

@@ -26,7 +26,7 @@ and the core imports it the first time it meets an object of ``mylib``. Or call
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._registry import (
     Adapter as Adapter,
@@ -35,16 +35,19 @@ from ._registry import (
     unregister as unregister,
 )
 from ._result import Owned, Result, Wrapped
+from ._validate import callable_arg
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
     "Adapter",
+    "BlockingGuard",
     "RemoteTask",
     "cancel_requested",
     "confirm_cancelled",
     "fail",
+    "guard_blocking",
     "new_handle",
     "on_cancel",
     "progress",
@@ -73,12 +76,41 @@ def new_handle(
     h: Result[Any] = Wrapped() if caller_holds_source else Owned()
     if not isinstance(label, str):
         raise TypeError(f"label must be a str, not {type(label).__qualname__}")
-    if task_id is not None:
-        if not isinstance(task_id, str) or not task_id:
-            raise TypeError(f"task_id must be a non-empty str, not {task_id!r}")
-        h._id = task_id
-    h._label = label
+    if task_id is not None and (not isinstance(task_id, str) or not task_id):
+        raise TypeError(f"task_id must be a non-empty str, not {task_id!r}")
+    h._setup(label, task_id=task_id)
     return h
+
+
+class BlockingGuard(Protocol):
+    """An engine's rule for blocking waits (see :func:`guard_blocking`)."""
+
+    def check_can_block(self, h: Result[Any], caller: str, /) -> None:
+        """Raise ``RuntimeError`` (naming ``caller``, the method: ``"get"``...) if a blocking wait
+        for ``h`` in the calling thread could never end, or would break the engine's rule."""
+        ...
+
+
+def guard_blocking(h: Result[Any], guard: BlockingGuard, *, even_when_done: bool = False) -> None:
+    """Before any blocking wait on ``h`` (``get()``, ``result()``, ``wait()``...), the handle calls
+    ``guard.check_can_block(h, caller)`` in the waiting thread: the one place an engine states where
+    a thread must not block for its work (Celery: inside a running task). ``even_when_done``: the
+    rule holds after the work ended too (as Celery's ``AsyncResult.get()`` applies it). Call it on
+    a new handle, before handing it out."""
+    if not callable(getattr(guard, "check_can_block", None)):
+        raise TypeError(f"a blocking guard needs a check_can_block(handle, caller) method, not {guard!r}")
+    h._bind_source(runner=_EvenWhenDone(guard) if even_when_done else guard)
+
+
+class _EvenWhenDone:
+    __slots__ = ("guard",)
+    check_even_when_done = True
+
+    def __init__(self, guard: BlockingGuard) -> None:
+        self.guard = guard
+
+    def check_can_block(self, h: Result[Any], caller: str) -> None:
+        self.guard.check_can_block(h, caller)
 
 
 def start(h: Result[Any]) -> bool:
@@ -127,8 +159,7 @@ def on_cancel(h: Result[Any], hook: Callable[[], object]) -> bool:
     ended (:func:`confirm_cancelled`, or its result if it finished anyway). Without one, a PENDING
     handle is revoked at once. False, registering nothing, if the handle already ended.
     """
-    if not callable(hook):
-        raise TypeError(f"on_cancel() needs a callable, not {type(hook).__qualname__}")
+    callable_arg(hook, "on_cancel")
     return h._on_cancel(hook)
 
 

@@ -96,3 +96,50 @@ def test_the_core_imports_no_adapter_of_contrib() -> None:
         if not module.startswith("asyncbridge.contrib")
     }
     assert {m: d for m, d in offenders.items() if d} == {}
+
+
+# The modules that are the handle (docs/architecture.md, "The handle"): only they touch its fields.
+HANDLE_MODULES = {"_result", "_blocking", "_awaiting", "_progress", "_cf_compat", "_waiters", "_state"}
+# What work may read of its own handle (its name, limits, runner, source, the cancel request);
+# everything else goes through the producer API (methods), and nothing outside writes any field.
+READABLE_FIELDS = {"_label", "_time_limit", "_deadline", "_attempts", "_loop", "_src", "_cancel_requested"}
+# Fields of the same name on objects that are not handles (multiprocessing's own, after a fork).
+NOT_HANDLES = {("_process", "tracker._lock"), ("_process", "server._lock")}
+
+
+def handle_field_uses() -> list[tuple[str, int, str, bool]]:
+    """(module, line, expression, is_write) for each use of a handle's field on another object."""
+    fields = set(ab_slots())
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path).removeprefix("asyncbridge.")
+        if name in HANDLE_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Attribute) and node.attr in fields):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue  # an object's own field of that name (a stand-in's, a pool's)
+            text = ast.unparse(node)
+            if (name, text) in NOT_HANDLES:
+                continue
+            found.append((name, node.lineno, text, isinstance(node.ctx, ast.Store | ast.Del)))
+    return found
+
+
+def ab_slots() -> list[str]:
+    return [slot for cls in asyncbridge.Result.__mro__ for slot in getattr(cls, "__slots__", ())]
+
+
+def test_only_the_handle_writes_its_fields() -> None:
+    writes = [f"{m}:{line} {text}" for m, line, text, is_write in handle_field_uses() if is_write]
+    assert writes == []
+
+
+def test_work_reads_only_what_the_producer_api_lets_it() -> None:
+    reads = [
+        f"{m}:{line} {text}"
+        for m, line, text, is_write in handle_field_uses()
+        if not is_write and text.rpartition(".")[2] not in READABLE_FIELDS
+    ]
+    assert reads == []

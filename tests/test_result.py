@@ -175,7 +175,7 @@ def test_get_timeout_raises_builtin_timeout_error_and_leaves_the_work() -> None:
 
 @pytest.mark.parametrize("bad", [-1, -0.5, float("nan")])
 def test_get_rejects_bad_timeouts(bad: float) -> None:
-    with pytest.raises(ValueError, match="timeout must be >= 0"):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0 or None"):
         ab.Result[int]().get(timeout=bad)
 
 

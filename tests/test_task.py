@@ -232,7 +232,7 @@ def test_cancel_reaches_the_running_attempt() -> None:
     [
         ({"engine": "gpu"}, ValueError, "engine must be 'auto', 'thread', 'process'"),
         ({"timeout": -1}, ValueError, "timeout must be a number of seconds > 0"),
-        ({"timeout": "5"}, ValueError, "timeout must be a number of seconds > 0"),
+        ({"timeout": "5"}, TypeError, "timeout must be a number of seconds or None, not str"),
         ({"retry": 3}, TypeError, "retry must be an asyncbridge.Retry"),
         ({"name": ""}, TypeError, "name must be a non-empty str"),
         ({"name": b"x"}, TypeError, "name must be a non-empty str"),

@@ -39,7 +39,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -49,8 +48,8 @@ from celery import Celery, states
 from celery.backends.filesystem import FilesystemBackend
 from celery.backends.redis import RedisBackend
 
+from .. import _runtime as runtime
 from .._signals import block_signals
-from .._state import _TERMINAL
 from . import _celery_poll as polling
 
 if TYPE_CHECKING:
@@ -152,7 +151,7 @@ class _Listener:
                 self._start()
             nudge = not self._woken
             self._woken = True
-        h._pin = self._keep
+        h._bind_source(pin=self._keep)
         if nudge:  # one wake-up per batch of new watches, not one per watch
             self._nudge()
 
@@ -304,7 +303,7 @@ class _Listener:
         """Drop handles that ended or were garbage-collected, and what the thread knew of tasks left
         with none; the caller is the listener thread, holding the lock."""
         for task_id in list(self._pending):
-            alive = [r for r in self._pending[task_id] if (h := r()) is not None and h._st not in _TERMINAL]
+            alive = [r for r in self._pending[task_id] if (h := r()) is not None and not h.done()]
             if alive:
                 self._pending[task_id] = alive
             else:
@@ -314,7 +313,7 @@ class _Listener:
                 self._polls.pop(task_id, None)
                 self._rechecks.pop(task_id, None)
                 self._settling.pop(task_id, None)
-        self._kept = {h for h in self._kept if h._st not in _TERMINAL}
+        self._kept = {h for h in self._kept if not h.done()}
         self._sweeps += 1
 
     def _take_new(self) -> list[str]:
@@ -576,8 +575,7 @@ def _after_fork_in_child() -> None:
         listener._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+runtime.add("celery listeners", after_fork_in_child=_after_fork_in_child)
 
 
 def listener_for(app: Celery, api: Knobs) -> _Listener:

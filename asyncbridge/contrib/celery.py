@@ -67,7 +67,7 @@ from kombu.serialization import dumps
 from .. import _registry as registry
 from .._errors import RemoteTraceback, TimeLimitExceeded
 from .._result import Result, Wrapped
-from .._state import PENDING, PROGRESS, RETRY, REVOKED, STARTED
+from ..extension import guard_blocking
 from . import _celery_listener
 from ._celery_listener import _LISTENERS as _LISTENERS  # for the tests
 
@@ -104,14 +104,12 @@ class _CeleryGuard:
 
     __slots__ = ()
 
-    check_even_when_done = True
-
-    def check_can_block(self) -> None:
+    def check_can_block(self, h: Result[Any], caller: str) -> None:
         if task_join_will_block():
             raise RuntimeError(
-                "get() was called inside a running Celery task, which can deadlock the worker pool "
-                "(Celery's rule: 'Never call result.get() within a task!'). Chain the tasks instead, "
-                "or wrap the call in celery.result.allow_join_result() if you are sure."
+                f"{h!r}.{caller}() was called inside a running Celery task, which can deadlock the "
+                "worker pool (Celery's rule: 'Never call result.get() within a task!'). Chain the "
+                "tasks instead, or wrap the call in celery.result.allow_join_result() if you are sure."
             )
 
 
@@ -133,29 +131,26 @@ def _rebuild_failure(meta: dict[str, Any]) -> BaseException:
 
 
 def apply_meta(h: Result[Any], meta: dict[str, Any]) -> None:
-    """Move ``h`` to the state Celery stored for its task (never backwards)."""
+    """Move ``h`` to the state Celery stored for its task (never backwards): each producer call is
+    a no-op where its move is not allowed, so nothing here reads the handle's state."""
     status = meta.get("status", states.PENDING)
     if status in (states.PENDING, states.RECEIVED):
         return
+    h._set_started()  # a no-op if it runs already: Celery may report a start late, or never
     if status in states.READY_STATES:
-        if h._st is PENDING or h._st is RETRY:
-            h._set_started()
         if status == states.SUCCESS:
             h._set_result(meta.get("result"))
         elif status == states.REVOKED:
             revoked = cf.CancelledError("the Celery task was revoked")
             revoked.__cause__ = TaskRevokedError(str(meta.get("result") or "revoked"))
-            h._finish(REVOKED, revoked, None)
+            h._revoke_as(revoked)
         else:
             h._set_exception(_rebuild_failure(meta))
         return
-    if h._st is PENDING or h._st is RETRY:
-        h._set_started()
     if status == states.STARTED:
         return
     if status == states.RETRY:
-        if h._st is STARTED or h._st is PROGRESS:
-            h._set_retry(_rebuild_failure(meta))
+        h._set_retry(_rebuild_failure(meta))
         return
     info = meta.get("result")
     custom = None if status == "PROGRESS" else status  # update_state(state="RESIZING", ...)
@@ -192,9 +187,8 @@ def bind(h: Result[Any], task_id: str, app: Celery, name: str | None = None) -> 
     """Make ``h`` the handle of the Celery task ``task_id`` of ``app``."""
     _check_backend(app, f"task {task_id}")
     _check_task_id(task_id, app)
-    h._id = task_id
-    h._label = f"celery {name or 'task'}"
-    h._loop = _GUARD
+    h._setup(f"celery {name or 'task'}", task_id=task_id)
+    guard_blocking(h, _GUARD, even_when_done=True)
 
     def revoke() -> None:
         app.control.revoke(task_id, terminate=True, signal="SIGTERM")
@@ -226,7 +220,7 @@ def wrap_celery(obj: Any) -> Result[Any]:
         members = [wrap_celery(r) for r in obj.results]
         h = gather(*members)
         if isinstance(obj, GroupResult) and obj.id:
-            h._id = obj.id
+            h._setup(task_id=obj.id)
         return h
     if not isinstance(obj, AsyncResult):
         raise TypeError(f"wrap() cannot wrap a Celery {type(obj).__qualname__}")
@@ -275,7 +269,7 @@ class _InCeleryTask:
         self._task = task
         self._label = f"celery {task.name}"
 
-    def _set_progress(self, meta: dict[str, Any], state_name: str | None = None) -> bool:
+    def _set_progress(self, meta: dict[str, Any], state_name: str | None = None, /) -> bool:
         self._task.update_state(state=state_name or "PROGRESS", meta=meta)
         return True
 
@@ -346,7 +340,7 @@ def register(spec: Any, app: Celery) -> Any:
         )
 
     def run(task: Any, *args: Any, **kwargs: Any) -> Any:
-        token = CURRENT.set(_InCeleryTask(task))  # type: ignore[arg-type]
+        token = CURRENT.set(_InCeleryTask(task))
         try:
             return fn(*args, **kwargs)
         finally:

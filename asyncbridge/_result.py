@@ -1,23 +1,23 @@
-"""The handle: one state machine for every kind of work.
+"""The handle: one state machine for every kind of work (docs/architecture.md, "The handle").
 
 :class:`Result` owns its :class:`State`, its outcome (a value, or an exception kept with its
 traceback), its waiters (blocking ``get()`` calls, awaiters on any number of asyncio loops or trio
 runs, ``concurrent.futures.wait`` calls), its done-callbacks, and the cancellation request with the
-hooks that carry it to the work. Adapters (``_asyncio.py``, ``_futures.py``, ``_threads.py``) bind a
-kind of work to a handle through the private completer API below and nothing else. The ways of
-waiting on it are mixins, one module each: ``_blocking.py`` (``get()`` and cf's readers),
-``_awaiting.py`` (``await``, ``shield``) and ``_progress.py`` (progress observers); what cf's own
-functions read of a ``cf.Future``, and its producer API, is ``_cf_compat.py``.
+hooks that carry it to the work. Adapters bind a kind of work to a handle through the producer API
+below and nothing else (``asyncbridge.extension`` is its public face). The rest of the handle is
+mixins, one module each: ``_reading.py`` (``state``, ``info``, ``done()``...), ``_callbacks.py``,
+``_blocking.py`` (``get()`` and cf's readers), ``_awaiting.py`` (``await``, ``shield``),
+``_progress.py`` (progress observers) and ``_cf_compat.py`` (what cf's own functions read of a
+``cf.Future``, and its producer API).
 
-Design record (figures from ``benchmarks/``, CPython 3.11, 2 cores):
+Design record (the figures are in the README's speed table):
 
 - ``Result`` subclasses ``concurrent.futures.Future`` so that ``cf.wait``, ``cf.as_completed``,
   ``asyncio.wrap_future`` and ``isinstance`` checks accept it. It never calls ``Future.__init__``:
-  the ``Condition`` (with its ``RLock``) that makes a ``cf.Future`` cost 1,600 B is created only when
-  ``cf.wait``/``cf.as_completed`` asks for ``_condition``, and it wraps the handle's own plain lock, so
-  the cf waiter protocol and our transitions are serialised by one lock. Slots keep a pending handle
-  at 352 B (benchmarks/, tracemalloc over 100,000): a ``cf.Future`` alone is 1,592 B, one plus the
-  ``asyncio.Future`` of ``wrap_future`` 2,624 B. Creating one costs 0.36x a ``cf.Future()``.
+  the ``Condition`` (with its ``RLock``) that makes a ``cf.Future`` several times larger is created
+  only when ``cf.wait``/``cf.as_completed`` asks for ``_condition``, and it wraps the handle's own
+  plain lock, so the cf waiter protocol and our transitions are serialised by one lock. Slots keep
+  a pending handle smaller than a ``cf.Future`` and cheaper to make.
 - A slotted duck type was the cheaper alternative, but ``cf.wait``/``cf.as_completed`` read
   ``_condition``/``_waiters``/``_state`` and ``asyncio.wrap_future`` checks ``isinstance``: the
   subclass passes all of them (tests/test_cf_anchors.py runs CPython's properties against it).
@@ -31,26 +31,25 @@ Design record (figures from ``benchmarks/``, CPython 3.11, 2 cores):
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import logging
-import os
 import threading
 import time
-import traceback as _traceback
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable, Coroutine
     from types import TracebackType
 
 from ._awaiting import Awaiting
 from ._blocking import Blocking
+from ._callbacks import Callbacks
 from ._cf_compat import CfFuture
 from ._progress import Progress
+from ._reading import Reading
 from ._state import (
     _MOVES,
-    _RUNNING,
     _TERMINAL,
     FAILURE,
     PENDING,
@@ -61,7 +60,7 @@ from ._state import (
     SUCCESS,
     State,
 )
-from ._validate import callable_arg
+from ._unread import UnreadFailure as _UnreadFailure
 from ._waiters import get_running_loop
 
 __all__ = ["Result", "State"]
@@ -86,22 +85,7 @@ def install_then(impl: Callable[[Result[Any], Callable[[Any], Any]], Result[Any]
     _THEN[:] = [impl]
 
 
-def _is_loop_bound(fn: Callable[..., object]) -> bool:
-    """Whether ``fn`` is one of asyncio's own callbacks that must run on its loop's thread.
-
-    asyncio's functions (``wait`` above all) register callbacks that touch their loop without
-    ``call_soon_threadsafe``, because an asyncio future runs its callbacks on its loop. The callbacks
-    of ``asyncio.wrap_future`` (``_chain_future``) are the exception: written for a
-    ``concurrent.futures.Future``, they hop to their loop themselves, so they run where they are.
-    """
-    target = getattr(fn, "func", fn)  # functools.partial
-    module = getattr(target, "__module__", None)
-    if not (isinstance(module, str) and module.startswith(("asyncio.", "uvloop"))):
-        return False
-    return not getattr(target, "__qualname__", "").startswith("_chain_future.")
-
-
-class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
+class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
     Obtain one from :func:`asyncbridge.wrap`, :func:`asyncbridge.spawn` or
@@ -554,110 +538,6 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
             return self._set_exception(exc)
         return self._set_result(src.result())
 
-    # -- reading ----------------------------------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        """A unique id (128 random bits as hex; the engine's own id for Celery/Dask results).
-
-        Made on first access, once: every reader gets the same string.
-        """
-        ident = self._id
-        if ident is None:
-            with _ID_LOCK:  # not self._lock: repr() needs the id, and may run under self._lock
-                ident = self._id
-                if ident is None:
-                    ident = self._id = os.urandom(16).hex()
-        return ident
-
-    @property
-    def task_id(self) -> str:
-        """Celery's name for :attr:`id`."""
-        return self.id
-
-    @property
-    def state(self) -> State:
-        """The current :class:`State`.
-
-        A :class:`State` member, except for work of an engine with states of its own (a Celery task
-        calling ``update_state(state="RESIZING")``): then that name, a plain ``str``, while it lasts.
-        """
-        self._sync()
-        st = self._st
-        if st is PROGRESS and self._state_name is not None:
-            return self._state_name  # type: ignore[return-value]  # documented: a custom name
-        return st
-
-    @property
-    def status(self) -> State:
-        """Celery's alias of :attr:`state`."""
-        return self.state
-
-    @property
-    def info(self) -> Any:
-        """None while PENDING or STARTED; the latest progress meta (a dict) while PROGRESS; the last
-        attempt's exception while RETRY; the value on SUCCESS; the exception on FAILURE, and on
-        REVOKED a ``concurrent.futures.CancelledError``."""
-        self._sync()
-        st = self._st
-        if st is PROGRESS or st is RETRY:
-            return self._meta
-        if st in _TERMINAL:
-            if st is FAILURE:
-                self._mark_read()
-            return self._value
-        return None
-
-    @property
-    def traceback(self) -> str | None:
-        """The formatted traceback of the failure (with its causes), or None unless FAILURE."""
-        self._sync()
-        if self._st is not FAILURE:
-            return None
-        self._mark_read()
-        exc = self._value
-        return "".join(_traceback.format_exception(type(exc), exc, self._tb))
-
-    def ready(self) -> bool:
-        """True once SUCCESS, FAILURE or REVOKED (Celery's name for :meth:`done`)."""
-        self._sync()
-        return self._st in _TERMINAL
-
-    def done(self) -> bool:
-        """True once SUCCESS, FAILURE or REVOKED."""
-        self._sync()
-        return self._st in _TERMINAL
-
-    def successful(self) -> bool:
-        """True if the work returned a value."""
-        self._sync()
-        return self._st is SUCCESS
-
-    def failed(self) -> bool:
-        """True if the work raised (FAILURE). A REVOKED handle is not failed."""
-        self._sync()
-        return self._st is FAILURE
-
-    def cancelled(self) -> bool:
-        """True once REVOKED: the work never started, or has really stopped."""
-        self._sync()
-        return self._st is REVOKED
-
-    def running(self) -> bool:
-        """True while the work runs (STARTED or PROGRESS)."""
-        self._sync()
-        return self._st in _RUNNING
-
-    @property
-    def attempts(self) -> int:
-        """How many attempts of the work have started: 0 while PENDING, 1 once it runs, one more per
-        retry."""
-        return self._attempts
-
-    def cancel_requested(self) -> bool:
-        """True once :meth:`cancel` was called on this (still unfinished) handle."""
-        return self._cancel_requested or self._st is REVOKED
-
     # -- cancellation -----------------------------------------------------------------------------
 
     def cancel(self) -> bool:
@@ -699,73 +579,6 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
                 self._run_hook(hook)
         return True
 
-    # -- callbacks --------------------------------------------------------------------------------
-
-    def add_done_callback(
-        self, fn: Callable[[Result[T]], object], *, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
-        """Call ``fn(handle)`` exactly once, when the handle becomes SUCCESS, FAILURE or REVOKED.
-
-        ``fn`` runs in the thread that completes the work (here and now, if the handle is already
-        done), or, with ``loop=``, on that loop through ``call_soon_threadsafe``. ``get()`` may return
-        before ``fn`` has run. If ``fn`` raises, the error is logged to the ``asyncbridge`` logger and
-        the other callbacks still run.
-
-        One exception to the thread rule: a callback that asyncio itself registers from a running
-        loop (``asyncio.wait`` treats any object with ``add_done_callback`` as an asyncio future)
-        runs on that loop, as an asyncio future would run it.
-        """
-        callable_arg(fn, "add_done_callback")
-        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
-            raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
-        if loop is None and _is_loop_bound(fn):
-            loop = _get_running_loop()
-        self._sync()
-        pin = self._pin
-        if pin is not None:
-            self._pin = None
-            pin(self)
-        with self._lock:
-            if self._st not in _TERMINAL:
-                if self._callbacks is None:
-                    self._callbacks = [(fn, loop)]
-                else:
-                    self._callbacks.append((fn, loop))
-                return
-        self._dispatch(fn, loop)
-
-    def remove_done_callback(self, fn: Callable[[Result[T]], object]) -> int:
-        """Remove every registration of ``fn`` not yet run; return how many were removed."""
-        with self._lock:
-            callbacks = list(self._callbacks or ())
-        # Compare outside the lock: == is user code (an __eq__ may even call back into the handle).
-        doomed = {id(entry) for entry in callbacks if entry[0] == fn}
-        if not doomed:
-            return 0
-        with self._lock:
-            current = self._callbacks
-            if not current:
-                return 0  # they ran meanwhile
-            kept = [entry for entry in current if id(entry) not in doomed]
-            self._callbacks = kept
-            return len(current) - len(kept)
-
-    def _dispatch(self, fn: Callable[[Result[T]], object], loop: asyncio.AbstractEventLoop | None) -> None:
-        if loop is None or _get_running_loop() is loop:
-            self._invoke(fn)
-            return
-        try:
-            loop.call_soon_threadsafe(self._invoke, fn)
-        except RuntimeError:
-            LOGGER.error("done-callback %r of %r was dropped: its event loop is closed", fn, self)
-
-    def _invoke(self, fn: Callable[[Result[T]], object]) -> None:
-        try:
-            fn(self)
-        except BaseException:
-            # BaseException too: a callback's SystemExit must not kill the completing thread or loop
-            LOGGER.exception("exception calling done-callback %r of %r", fn, self)
-
     # -- composition ------------------------------------------------------------------------------
 
     @overload
@@ -793,35 +606,6 @@ class Result(Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
         raise TypeError(
             f"{self!r} cannot be pickled: it is bound to work in this process; send its .id instead"
         )
-
-
-class _UnreadFailure:
-    """Logs a failure that no one read, when the handle that holds it is collected: the job of
-    asyncio's "Task exception was never retrieved", so that fire-and-forget work cannot fail in
-    silence. Created only when such a handle fails; dropped the moment the failure is read."""
-
-    __slots__ = ("exc", "ident", "label", "tb")
-
-    exc: BaseException | None
-
-    def __init__(self, exc: BaseException, tb: TracebackType | None, h: Result[Any]) -> None:
-        # No reference to the handle: this object dies with it. Its id only if already made.
-        self.exc, self.tb, self.label, self.ident = exc, tb, h._label, h._id
-
-    def __del__(self) -> None:
-        exc = self.exc
-        if exc is None:
-            return
-        what = f"{self.label} ({self.ident[:8]}…)" if self.ident else self.label or "work"
-        try:
-            LOGGER.error(
-                "%s failed and its exception was never retrieved (read it with get(), await, "
-                "exception() or info, or pass the handle on to gather())",
-                what,
-                exc_info=(type(exc), exc, self.tb),
-            )
-        except Exception:  # interpreter shutdown: logging may be gone, nothing to do
-            pass
 
 
 class Owned(Result[T]):

@@ -99,7 +99,18 @@ def test_the_core_imports_no_adapter_of_contrib() -> None:
 
 
 # The modules that are the handle (docs/architecture.md, "The handle"): only they touch its fields.
-HANDLE_MODULES = {"_result", "_blocking", "_awaiting", "_progress", "_cf_compat", "_waiters", "_state"}
+HANDLE_MODULES = {
+    "_result",
+    "_reading",
+    "_callbacks",
+    "_unread",
+    "_blocking",
+    "_awaiting",
+    "_progress",
+    "_cf_compat",
+    "_waiters",
+    "_state",
+}
 # What work may read of its own handle (its name, limits, runner, source, the cancel request);
 # everything else goes through the producer API (methods), and nothing outside writes any field.
 READABLE_FIELDS = {"_label", "_time_limit", "_deadline", "_attempts", "_loop", "_src", "_cancel_requested"}

@@ -27,6 +27,7 @@ from ._errors import (
     Cancelled as Cancelled,
     RemoteTraceback as RemoteTraceback,
     TimeLimitExceeded as TimeLimitExceeded,
+    UnknownResult as UnknownResult,
     WorkerCrashed as WorkerCrashed,
 )
 from ._process import ProcessPool as ProcessPool, run_in_process as run_in_process
@@ -53,6 +54,7 @@ __all__ = (
     "State",
     "Task",
     "TimeLimitExceeded",
+    "UnknownResult",
     "WorkerCrashed",
     "as_completed",
     "cancel_requested",

@@ -40,6 +40,16 @@ class Cancelled(asyncio.CancelledError):
     """
 
 
+class UnknownResult(LookupError):
+    """No result is known by this id: never issued here, forgotten, or gone (its work ended and no
+    one kept its handle). ``task_id`` is the id; ``reason`` says which, where it is known."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(f"no result is known by id {task_id!r}: {reason}")
+        self.task_id = task_id
+        self.reason = reason
+
+
 class WorkerCrashed(RuntimeError):
     """A worker process died (a signal, ``os._exit``, a segfault, out of memory) while running the work.
 

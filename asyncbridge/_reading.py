@@ -12,6 +12,7 @@ import threading
 import traceback as _traceback
 from typing import TYPE_CHECKING, Any
 
+from . import _ids as ids
 from ._state import _RUNNING, _TERMINAL, FAILURE, PROGRESS, RETRY, REVOKED, SUCCESS, State
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Reading:
                 ident = self._id
                 if ident is None:
                     ident = self._id = os.urandom(16).hex()
+            ids.register(self, ident)  # type: ignore[arg-type]  # a mixin of Result: self is one
         return ident
 
     @property

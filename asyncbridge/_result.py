@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
     from types import TracebackType
 
+from . import _ids as ids
 from ._awaiting import Awaiting
 from ._blocking import Blocking
 from ._callbacks import Callbacks
@@ -152,8 +153,12 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
 
     def __init__(self, task_id: str | None = None, *, app: Any = None) -> None:
         """``Result()``: a blank handle, completed with :meth:`set_result`/:meth:`set_exception`.
-        ``Result(task_id, app=celery_app)``: the handle of a Celery task, sent by this process or
-        not (needs ``asyncbridge[celery]``; ``app`` defaults to Celery's current app)."""
+
+        ``Result(task_id)``: a handle that agrees with the one known by ``task_id`` in this process
+        (same state and outcome; ``await``, ``get()``, callbacks and ``cancel()`` reach the same
+        work); :class:`asyncbridge.UnknownResult` (a ``LookupError``) at once for an id this process
+        never issued, or whose handle is gone or was forgotten. ``Result(task_id, app=engine)``: the
+        handle of that engine's task (a Celery app: sent by this process or not)."""
         # cf.Future.__init__ is skipped on purpose: see the module docstring.
         self._lock = threading.Lock()
         self._st = PENDING
@@ -185,20 +190,47 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
             self._bind_task_id(task_id, app)
 
     def _bind_task_id(self, task_id: str | None, app: Any) -> None:
-        """``Result(task_id, app=engine)``: the adapter of ``engine`` binds this handle to that work.
-        ``app=None`` means Celery's current app (Celery's own ``AsyncResult(task_id)`` default)."""
         if task_id is None:
             raise TypeError("Result(app=...) needs the task id too: Result(task_id, app=app)")
         if not isinstance(task_id, str) or not task_id:
             raise TypeError(f"a task id must be a non-empty str, not {task_id!r}")
-        from . import _registry as registry  # the registry imports _result (for types only)
+        if app is None:
+            self._follow(ids.find(task_id))
+        else:
+            from . import _registry as registry  # the registry imports _result (for types only)
 
-        if not registry.bind_by_id(self, task_id, app):
-            raise TypeError(
-                f"Result(task_id, app=...) needs the engine of a registered adapter (a Celery app, with "
-                f"asyncbridge[celery]), not {type(app).__qualname__}"
-            )
-        self.__class__ = Wrapped  # the engine's work completes it, not the caller
+            if not registry.bind_by_id(self, task_id, app):
+                raise TypeError(
+                    f"Result(task_id, app=...) needs the engine of a registered adapter (a Celery app, "
+                    f"with asyncbridge[celery]), not {type(app).__qualname__}"
+                )
+        self.__class__ = Wrapped  # the work completes it, not the caller
+
+    def _follow(self, src: Result[Any]) -> None:
+        """Agree with the live handle ``src``: its moves from now on, then where it stands now (a
+        move seen both ways is applied once: each is a no-op the second time, and a progress report
+        is caught up only if none came meanwhile)."""
+        self._id = src.id
+        self._label = src._label
+        self._loop = src._loop  # the same rule on where a thread may block for it
+        self._hooks = [src.cancel]
+        src._watch(self._mirror)
+        st, meta = src._st, src._meta
+        if st is not PENDING:
+            self._set_started()
+            if st is PROGRESS and self._pversion == 0:
+                self._set_progress(meta, src._state_name)
+            elif st is RETRY:
+                self._set_retry(meta)
+        src.add_done_callback(self._adopt)
+
+    def _mirror(self, _src: Result[Any], st: State, info: Any) -> None:
+        if st is STARTED:
+            self._set_started()
+        elif st is PROGRESS:
+            self._set_progress(info, _src._state_name)
+        elif st is RETRY:
+            self._set_retry(info)
 
     # -- the producer API, for adapters (docs/architecture.md, "The producer API") ----------------
     #
@@ -214,6 +246,7 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
             self._label = label
         if task_id is not None:
             self._id = task_id
+            ids.register(self, task_id)
         if time_limit is not None:
             self._time_limit = time_limit
 
@@ -227,6 +260,7 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         activate: Callable[[Result[T]], object] | None = None,
         cancel_hook: Callable[[], object] | None = None,
         pin: Callable[[Result[T]], object] | None = None,
+        forget: Callable[[], object] | None = None,
     ) -> None:
         """Tell the waiting code what it needs of the work (docs/architecture.md, "Waiting"); only
         what is given changes:
@@ -241,7 +275,9 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         - ``activate(handle)``: a binding made lazily, once, before anything needs to be told;
         - ``cancel_hook``: as :meth:`_on_cancel`, set before anyone can cancel;
         - ``pin(handle)``: called once when the first callback is added (an engine that holds its
-          handles weakly holds this one strongly from then on).
+          handles weakly holds this one strongly from then on);
+        - ``forget()``: what :meth:`forget` asks of the engine (delete its record of the result);
+          kept in the instance dict, as only engine handles have one.
         """
         if source is not None:
             self._src = source
@@ -257,6 +293,8 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
             self._hooks = [cancel_hook]
         if pin is not None:
             self._pin = pin
+        if forget is not None:
+            self.__dict__["_engine_forget"] = forget
 
     # Reading: the work may read ``_label``, ``_time_limit``, ``_deadline``, ``_attempts``, ``_loop``
     # (its runner) and ``_cancel_requested`` of its own handle, and writes none of them.
@@ -578,6 +616,15 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
             for hook in hooks:
                 self._run_hook(hook)
         return True
+
+    # -- forgetting -------------------------------------------------------------------------------
+
+    def forget(self) -> None:
+        """Forget this result by its id: from now on ``Result(id)`` raises
+        :class:`asyncbridge.UnknownResult` saying so, and an engine deletes its own record of it
+        (Celery's result backend entry). This handle keeps what it already knows, and its work goes
+        on if it has not ended (``cancel()`` stops it)."""
+        ids.forget(self, self.id, self.__dict__.get("_engine_forget"))
 
     # -- composition ------------------------------------------------------------------------------
 

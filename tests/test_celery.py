@@ -169,6 +169,23 @@ def test_async_result_by_id_for_a_task_sent_elsewhere(celery_worker: Any) -> Non
     assert h.get(timeout=30) == 7
 
 
+def test_a_celery_handle_is_found_by_its_id_alone(celery_worker: Any) -> None:
+    h = ab.wrap(celery_worker.add.delay(20, 22))
+    assert ab.Result(h.id).get(timeout=30) == 42  # this process knows it: no app needed
+
+
+def test_forget_deletes_the_result_from_the_backend(celery_worker: Any) -> None:
+    app = celery_worker.app
+    h = ab.wrap(celery_worker.add.delay(1, 2))
+    assert h.get(timeout=30) == 3
+    assert app.backend.get_task_meta(h.id)["status"] == "SUCCESS"
+    h.forget()
+    assert app.backend.get_task_meta(h.id)["status"] == "PENDING"  # Celery's answer once forgotten
+    with pytest.raises(ab.UnknownResult, match="forgotten"):
+        ab.Result(h.id)
+    assert h.get(timeout=0) == 3  # the handle keeps what it knows
+
+
 def test_an_unknown_id_stays_pending_and_get_times_out(celery_worker: Any) -> None:
     h: ab.Result[Any] = ab.AsyncResult(str(uuid.uuid4()), app=celery_worker.app)
     assert h.state is ab.State.PENDING

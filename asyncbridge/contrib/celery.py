@@ -193,7 +193,11 @@ def bind(h: Result[Any], task_id: str, app: Celery, name: str | None = None) -> 
     def revoke() -> None:
         app.control.revoke(task_id, terminate=True, signal="SIGTERM")
 
+    def forget() -> None:
+        app.backend.forget(task_id)  # as Celery's own AsyncResult(task_id).forget()
+
     h._on_cancel(revoke)
+    h._bind_source(forget=forget)
     listener_for(app).watch(h, task_id)
 
 

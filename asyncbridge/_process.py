@@ -59,7 +59,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _runtime as runtime
-from ._errors import RemoteTraceback, TimeLimitExceeded, WorkerCrashed, format_seconds
+from ._errors import TimeLimitExceeded, WorkerCrashed, format_seconds
 from ._process_worker import (
     _CANCELLED,
     _DONE,
@@ -70,6 +70,7 @@ from ._process_worker import (
     WORKER_NAME,
     worker_main,
 )
+from ._remote import rebuild_failure
 from ._result import LOGGER, Owned, Result
 from ._signals import block_signals
 from ._validate import callable_arg, seconds
@@ -173,20 +174,6 @@ def _crash_error(worker: _Worker, task: _Task, start_method: str) -> WorkerCrash
                 "`if __name__ == '__main__':`"
             )
     return WorkerCrashed(message, pid=worker.pid, exitcode=code)
-
-
-def _remote_failure(body: bytes) -> BaseException:
-    blob, module, qualname, message, text = pickle.loads(body)
-    exc: BaseException | None = None
-    if blob is not None:
-        try:
-            exc = pickle.loads(blob)
-        except BaseException:  # rebuilding it here failed: fall back to its text
-            exc = None
-    if exc is None:
-        exc = RuntimeError(f"{module}.{qualname}: {message} (the exception could not be sent back as is)")
-    exc.__cause__ = RemoteTraceback(text)
-    return exc
 
 
 class ProcessPool(cf.Executor):
@@ -450,7 +437,7 @@ class ProcessPool(cf.Executor):
         elif kind == _CANCELLED:
             h._set_cancelled()
         else:
-            h._set_exception(_remote_failure(body))
+            h._set_exception(rebuild_failure(body))
         worker.task = None
         task.worker = None
         idle.append(worker)

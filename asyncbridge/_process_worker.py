@@ -21,11 +21,11 @@ import signal
 import struct
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from ._context import CURRENT
 from ._errors import Cancelled
+from ._remote import describe_failure
 from ._signals import unblock_signals
 
 if TYPE_CHECKING:
@@ -160,15 +160,9 @@ class _WorkerHandle:
 
 
 def _describe_failure(exc: BaseException) -> bytes:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    exc.__traceback__ = None  # frames cannot cross; their text does, as the cause
-    blob: bytes | None
-    try:
-        blob = pickle.dumps(exc)
-        pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is as bad
-    except Exception:
-        blob = None
-    return pickle.dumps((blob, type(exc).__module__, type(exc).__qualname__, str(exc), text))
+    body = describe_failure(exc)
+    exc.__traceback__ = None  # its frames (and what they hold) are not kept in the worker
+    return body
 
 
 def worker_main(conn: mpc.Connection, cancel_word: Any) -> None:

@@ -99,7 +99,7 @@ def test_every_kind_of_work_is_found_by_id() -> None:
     async def coro() -> str:
         return "coroutine"
 
-    handles = [
+    handles: list[ab.Result[Any]] = [
         ab.run_in_thread(str, "thread"),
         ab.spawn(coro()),
         ab.run_in_process(str, "process"),

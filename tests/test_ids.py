@@ -89,7 +89,7 @@ def test_a_failure_reaches_the_handle_found_by_id() -> None:
 async def test_await_a_handle_found_by_id(anyio_backend: Any) -> None:
     gate = threading.Event()
     h = ab.run_in_thread(lambda: gate.wait(30) and 42)
-    same = ab.Result(h.id)
+    same: ab.Result[Any] = ab.Result(h.id)
     gate.set()
     with anyio.fail_after(30):
         assert await same == 42
@@ -106,7 +106,7 @@ def test_every_kind_of_work_is_found_by_id() -> None:
         ab.task(engine="thread")(str).delay("task"),
         ab.gather(ab.run_in_thread(str, "gather")),
     ]
-    found = [ab.Result(h.id) for h in handles]
+    found: list[ab.Result[Any]] = [ab.Result(h.id) for h in handles]
     assert [f.get(timeout=60) for f in found] == ["thread", "coroutine", "process", "task", ["gather"]]
 
 

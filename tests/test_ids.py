@@ -39,7 +39,7 @@ def _progress_seen(h: ab.Result[Any]) -> None:
 
 def test_a_handle_found_by_its_id_agrees_with_it_from_start_to_end() -> None:
     h, may_report, release = _gated()
-    same = ab.Result(h.id)
+    same: ab.Result[Any] = ab.Result(h.id)
     assert same is not h and same.id == h.id
     assert same.state is h.state
     may_report.set()
@@ -57,7 +57,7 @@ def test_a_handle_found_after_the_work_moved_on_starts_where_it_stands() -> None
     h, may_report, release = _gated()
     may_report.set()
     _progress_seen(h)
-    same = ab.Result(h.id)
+    same: ab.Result[Any] = ab.Result(h.id)
     assert same.state is ab.State.PROGRESS and same.info == {"step": 1}
     release.set()
     assert same.get(timeout=30) == "done"
@@ -79,7 +79,7 @@ def test_a_failure_reaches_the_handle_found_by_id() -> None:
         raise KeyError("by id")
 
     h = ab.run_in_thread(boom)
-    same = ab.Result(h.id)
+    same: ab.Result[Any] = ab.Result(h.id)
     with pytest.raises(KeyError, match="by id"):
         same.get(timeout=30)
     assert same.failed() and isinstance(h.exception(0), KeyError)

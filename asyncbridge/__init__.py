@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._process import ProcessPool as ProcessPool, run_in_process as run_in_process
 from ._result import Result as Result, State as State
+from ._store import ResultStore as ResultStore, StoreError as StoreError
 from ._task import AsyncTask as AsyncTask, Retry as Retry, Task as Task, task as task
 from ._threads import run_in_thread as run_in_thread
 from ._wrap import wrap as wrap
@@ -50,8 +51,10 @@ __all__ = (
     "ProcessPool",
     "RemoteTraceback",
     "Result",
+    "ResultStore",
     "Retry",
     "State",
+    "StoreError",
     "Task",
     "TimeLimitExceeded",
     "UnknownResult",

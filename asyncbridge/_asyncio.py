@@ -28,6 +28,7 @@ from . import _runtime as runtime
 from ._context import CURRENT, settle_failure
 from ._errors import TimeLimitExceeded, format_seconds
 from ._result import Owned, Result, Wrapped, _get_running_loop
+from ._store import ResultStore, store_for
 from ._validate import optional_seconds
 
 if TYPE_CHECKING:
@@ -117,7 +118,13 @@ def check_coroutine(coro: object, caller: str) -> None:
     raise TypeError(f"{caller}() needs a coroutine, not {type(coro).__qualname__}")
 
 
-def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Result[T]:
+def spawn(
+    coro: Coroutine[Any, Any, T],
+    *,
+    timeout: float | None = None,
+    store: ResultStore | str | bool | None = None,
+    expires: float | None = None,
+) -> Result[T]:
     """Run the coroutine ``coro`` and return its handle at once; callable from any thread.
 
     In async code under asyncio it becomes a task on the running loop; under trio, a system task of
@@ -130,6 +137,10 @@ def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Resu
         coro: the coroutine to run.
         timeout: an execution time limit in seconds, counted from the start: the coroutine is then
             cancelled and the handle ends FAILURE with :class:`asyncbridge.TimeLimitExceeded`.
+        store: record the result in a :class:`asyncbridge.ResultStore` (a store URL, or True for
+            the default store): its id is stored before this returns, then each state, so that
+            ``asyncbridge.Result(handle.id)`` finds it from any process (docs/store.md).
+        expires: seconds after its end that the stored result is removed (default: the store's).
 
     Raises:
         TypeError: ``coro`` is not a coroutine (a coroutine *function* gets a hint to call it), or
@@ -141,10 +152,16 @@ def spawn(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> Resu
     h: Result[T] = Owned()
     try:
         limit = check_time_limit(timeout)
-    except ValueError:
+        recorder = None if store is None or store is False else store_for(store)
+        until = optional_seconds(expires, "expires", positive=True)
+        if until is not None and recorder is None:
+            raise ValueError("expires= is for stored results: give spawn() a store= too")
+    except (TypeError, ValueError):
         coro.close()  # it must not run, nor warn "never awaited" over the real message
         raise
     h._setup(f"coroutine {getattr(coro, '__qualname__', '?')}()", time_limit=limit)
+    if recorder is not None:
+        recorder.track(h, expires=until)
     start_coroutine(h, coro)
     return h
 

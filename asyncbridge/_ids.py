@@ -37,7 +37,8 @@ _FORGOTTEN: OrderedDict[str, None] = OrderedDict()
 def register(h: Result[Any], ident: str) -> None:
     """``h`` is known by ``ident`` from now on (its id was just made, or given by its engine)."""
     with _LOCK:
-        _LIVE[ident] = h
+        if _LIVE.get(ident) is None:  # the first handle stays the one found (others follow it)
+            _LIVE[ident] = h
         _FORGOTTEN.pop(ident, None)
 
 
@@ -57,11 +58,10 @@ def find(ident: str) -> Result[Any]:
     )
 
 
-def forget(h: Result[Any], ident: str, engine_forget: Callable[[], object] | None) -> None:
+def forget(ident: str, engine_forget: Callable[[], object] | None) -> None:
     """Make ``ident`` unknown from now on, and have the engine delete its own record, if any."""
     with _LOCK:
-        if _LIVE.get(ident) is h:
-            del _LIVE[ident]
+        _LIVE.pop(ident, None)  # whichever handle had it: the id is forgotten in this process
         _FORGOTTEN[ident] = None
         if len(_FORGOTTEN) > FORGOTTEN_KEPT:
             _FORGOTTEN.popitem(last=False)

@@ -47,6 +47,7 @@ from ._awaiting import Awaiting
 from ._blocking import Blocking
 from ._callbacks import Callbacks
 from ._cf_compat import CfFuture
+from ._errors import UnknownResult
 from ._progress import Progress
 from ._reading import Reading
 from ._state import (
@@ -84,6 +85,16 @@ _THEN: list[Callable[[Result[Any], Callable[[Any], Any]], Result[Any]]] = []
 
 def install_then(impl: Callable[[Result[Any], Callable[[Any], Any]], Result[Any]]) -> None:
     _THEN[:] = [impl]
+
+
+#: ``Result(task_id, store=...)``'s binding to a stored result, installed by ``_store`` when the
+#: package is imported: ``(handle, task_id, store or None) -> False`` if no store is at hand, else
+#: True once bound (or :class:`UnknownResult` from the store).
+_BIND_STORED: list[Callable[[Result[Any], str, Any], bool]] = []
+
+
+def install_bind_stored(impl: Callable[[Result[Any], str, Any], bool]) -> None:
+    _BIND_STORED[:] = [impl]
 
 
 class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
@@ -151,14 +162,19 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
     _unread: _UnreadFailure | None = None
     _report_unread: bool = False
 
-    def __init__(self, task_id: str | None = None, *, app: Any = None) -> None:
+    def __init__(self, task_id: str | None = None, *, app: Any = None, store: Any = None) -> None:
         """``Result()``: a blank handle, completed with :meth:`set_result`/:meth:`set_exception`.
 
         ``Result(task_id)``: a handle that agrees with the one known by ``task_id`` in this process
         (same state and outcome; ``await``, ``get()``, callbacks and ``cancel()`` reach the same
         work); :class:`asyncbridge.UnknownResult` (a ``LookupError``) at once for an id this process
-        never issued, or whose handle is gone or was forgotten. ``Result(task_id, app=engine)``: the
-        handle of that engine's task (a Celery app: sent by this process or not)."""
+        never issued, or whose handle is gone or was forgotten, unless the default result store
+        has it (if one is configured, ``ASYNCBRIDGE_STORE``, or its file exists).
+        ``Result(task_id, store=...)`` (a :class:`asyncbridge.ResultStore`, a store URL, or True
+        for the default store): the handle of the result stored there, which follows its record
+        from any process; the record is the truth (UnknownResult once forgotten or expired).
+        ``Result(task_id, app=engine)``: the handle of that engine's task (a Celery app: sent by
+        this process or not)."""
         # cf.Future.__init__ is skipped on purpose: see the module docstring.
         self._lock = threading.Lock()
         self._st = PENDING
@@ -186,16 +202,22 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         # An engine that holds its handles weakly (a Celery listener: a dropped handle no one waits
         # on should not be tracked for ever) is told when one gets a callback, to hold it strongly.
         self._pin: Callable[[Result[T]], object] | None = None
-        if task_id is not None or app is not None:
-            self._bind_task_id(task_id, app)
+        if task_id is not None or app is not None or store is not None:
+            self._bind_task_id(task_id, app, store)
 
-    def _bind_task_id(self, task_id: str | None, app: Any) -> None:
+    def _bind_task_id(self, task_id: str | None, app: Any, store: Any) -> None:
         if task_id is None:
             raise TypeError("Result(app=...) needs the task id too: Result(task_id, app=app)")
         if not isinstance(task_id, str) or not task_id:
             raise TypeError(f"a task id must be a non-empty str, not {task_id!r}")
-        if app is None:
-            self._follow(ids.find(task_id))
+        if store is not None:  # the store's record is the truth (forgotten, expired, or there)
+            _BIND_STORED[0](self, task_id, store)
+        elif app is None:
+            try:
+                self._follow(ids.find(task_id))
+            except UnknownResult:
+                if not (_BIND_STORED and _BIND_STORED[0](self, task_id, None)):
+                    raise
         else:
             from . import _registry as registry  # the registry imports _result (for types only)
 
@@ -212,6 +234,9 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         is caught up only if none came meanwhile)."""
         self._id = src.id
         self._label = src._label
+        forget = src.__dict__.get("_engine_forget")
+        if forget is not None:
+            self.__dict__["_engine_forget"] = forget
         self._loop = src._loop  # the same rule on where a thread may block for it
         self._hooks = [src.cancel]
         src._watch(self._mirror)
@@ -308,6 +333,12 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         if st is FAILURE:
             self._mark_read()
         return st, self._value, self._tb
+
+    def _now(self) -> tuple[State, Any, str | None]:
+        """Where the handle stands (without reading a failure): its state, what goes with it (the
+        progress meta, the last attempt's error, the outcome), and an engine's own state name."""
+        st = self._st
+        return st, self._meta if st is PROGRESS or st is RETRY else self._value, self._state_name
 
     def _fail_as(self, exc: BaseException, tb: TracebackType | None) -> bool:
         """-> FAILURE with ``exc`` and the traceback ``tb`` it had where it first failed."""
@@ -624,7 +655,7 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         :class:`asyncbridge.UnknownResult` saying so, and an engine deletes its own record of it
         (Celery's result backend entry). This handle keeps what it already knows, and its work goes
         on if it has not ended (``cancel()`` stops it)."""
-        ids.forget(self, self.id, self.__dict__.get("_engine_forget"))
+        ids.forget(self.id, self.__dict__.get("_engine_forget"))
 
     # -- composition ------------------------------------------------------------------------------
 

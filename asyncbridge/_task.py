@@ -31,8 +31,9 @@ from ._errors import close_coroutines
 from ._process import ProcessPool, _unpicklable, shared_pool
 from ._result import Owned, Result
 from ._state import PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
+from ._store import ResultStore, store_for
 from ._threads import POOL
-from ._validate import seconds
+from ._validate import optional_seconds, seconds
 from ._wrap import wrap
 
 if TYPE_CHECKING:
@@ -114,6 +115,8 @@ class _TaskBase(Generic[P, T]):
         timeout: float | None,
         retry: Retry | None,
         name: str | None = None,
+        store: ResultStore | None = None,
+        expires: float | None = None,
     ) -> None:
         # A task stands for its function: same name, module and docstring (functools.wraps would do,
         # but mypy cannot type it on an instance).
@@ -126,6 +129,8 @@ class _TaskBase(Generic[P, T]):
         self.engine: Engine = engine
         self.timeout = timeout
         self.retry = retry
+        self.store = store  # each call's handle is recorded there (ResultStore.track)
+        self.expires = expires
         self._is_async = inspect.iscoroutinefunction(fn)
         # On an engine of an adapter (a Celery app, a Dask client), the engine's own task, bound once
         self._remote: RemoteTask | None = None
@@ -223,6 +228,8 @@ class _TaskBase(Generic[P, T]):
             return self._remote.submit(args, kwargs, options)
         h: Result[T] = Owned()
         h._setup(f"{self._label_prefix} {self._label_name}()")
+        if self.store is not None:
+            self.store.track(h, expires=self.expires)
         _Job(self, h, args, kwargs).start()
         return h
 
@@ -299,6 +306,8 @@ def task(
     timeout: float | None = None,
     retry: Retry | None = None,
     name: str | None = None,
+    store: ResultStore | str | bool | None = None,
+    expires: float | None = None,
 ) -> _Decorator: ...
 
 
@@ -310,6 +319,8 @@ def task(
     timeout: float | None = None,
     retry: Retry | None = None,
     name: str | None = None,
+    store: ResultStore | str | bool | None = None,
+    expires: float | None = None,
 ) -> Any:
     """Turn a function into a task: ``f(...)`` still calls it inline, ``f.delay(...)`` returns a handle.
 
@@ -334,6 +345,11 @@ def task(
             worker imports the module that registers them; a lambda or a callable without a
             ``__name__`` needs one. On other engines it labels the task's handles (default: the
             function's qualified name).
+        store: record each call's result in a :class:`asyncbridge.ResultStore` (or a store URL, or
+            True for the default store), so that ``asyncbridge.Result(task_id)`` finds it from any
+            process and in later runs (docs/store.md). Not with an engine that keeps results of its
+            own (a Celery app).
+        expires: seconds after its end that a stored result is removed (default: the store's).
 
     Raises:
         TypeError: not a function, an async function with a thread or process engine, a name that
@@ -341,6 +357,15 @@ def task(
         ValueError: a bad timeout, or a timeout on an executor that cannot stop running work.
     """
     limit = check_time_limit(timeout)
+    recorded_in = None if store is None or store is False else store_for(store)
+    until = optional_seconds(expires, "expires", positive=True)
+    if until is not None and recorded_in is None:
+        raise ValueError("expires= is for stored results: give the task a store= too")
+    if recorded_in is not None and _adapter_of(engine):
+        raise ValueError(
+            f"store= is for work asyncbridge runs; {_engine_name(engine)!r} keeps its results in its own "
+            "backend (ab.Result(task_id, app=...) finds them)"
+        )
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"retry must be an asyncbridge.Retry, not {type(retry).__qualname__}")
     if name is not None and (not isinstance(name, str) or not name):
@@ -370,8 +395,8 @@ def task(
                     f"{getattr(f, '__qualname__', repr(f))} is an async function: it runs on an event loop "
                     f"(engine='auto'), not on engine={_engine_name(engine)!r}"
                 )
-            return AsyncTask(f, engine, limit, retry, name)
-        return Task(f, engine, limit, retry, name)
+            return AsyncTask(f, engine, limit, retry, name, recorded_in, until)
+        return Task(f, engine, limit, retry, name, recorded_in, until)
 
     return decorate if fn is None else decorate(fn)
 

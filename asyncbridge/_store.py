@@ -311,17 +311,29 @@ def _file_key(path: str) -> bytes:
     return key
 
 
-def _backend_factory(scheme: str, url: str) -> Callable[[str], Any]:
-    from importlib.metadata import entry_points
+_BACKENDS: dict[str, Callable[[str], Any]] = {}
 
-    for ep in entry_points(group=GROUP):
-        if ep.name == scheme:
-            module = importlib.import_module(ep.value)
-            factory: Callable[[str], Any] = module.Backend
-            return factory
-    raise ValueError(
-        f"no result store for {url!r}: the schemes are sqlite:// and redis:// (asyncbridge[redis])"
-    )
+
+def register_backend(scheme: str, factory: Callable[[str], Any]) -> None:
+    """Serve ``scheme://`` store URLs with ``factory(url)`` (a store module calls this at import;
+    the ``asyncbridge.stores`` entry points name the module to import for a scheme)."""
+    _BACKENDS[scheme] = factory
+
+
+def _backend_factory(scheme: str, url: str) -> Callable[[str], Any]:
+    factory = _BACKENDS.get(scheme)
+    if factory is None:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=GROUP):
+            if ep.name == scheme:
+                importlib.import_module(ep.value)  # an ImportError names the missing extra
+        factory = _BACKENDS.get(scheme)
+    if factory is None:
+        raise ValueError(
+            f"no result store for {url!r}: the schemes are sqlite:// and redis:// (asyncbridge[redis])"
+        )
+    return factory
 
 
 # -- recording ------------------------------------------------------------------------------------

@@ -182,9 +182,11 @@ class ResultStore:
 
     # -- records ----------------------------------------------------------------------------------
 
-    def _seal(self, record: dict[str, Any]) -> bytes:
+    def _seal(self, record: dict[str, Any], *, bounded: bool = True) -> bytes:
+        """Pickle and sign ``record``; above ``max_size`` a StoreError (unless not ``bounded``: the
+        record of a failure to store, small by construction, must always get through)."""
         body = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(body) > self.max_size:
+        if bounded and len(body) > self.max_size:
             raise StoreError(
                 f"the result of {record.get('label') or 'the work'} is {len(body):,} bytes, above the "
                 f"store's max_size of {self.max_size:,}"
@@ -365,11 +367,10 @@ class _Recorder:
             "at": time.time(),
         }
 
-    def _put(self, h: Result[Any], record: dict[str, Any], final: bool) -> None:
+    def _put(self, h: Result[Any], record: dict[str, Any], final: bool, *, bounded: bool = True) -> None:
         expires_at = None if not final or self.expires is None else record["at"] + self.expires
-        self.store._backend.put(
-            h.id, self.store._seal(record), final=final, owner=owner_id(), expires_at=expires_at
-        )
+        sealed = self.store._seal(record, bounded=bounded)
+        self.store._backend.put(h.id, sealed, final=final, owner=owner_id(), expires_at=expires_at)
 
     def write_now(self, h: Result[Any]) -> None:
         """The state ``h`` is in now (before track() returns)."""
@@ -413,7 +414,7 @@ class _Recorder:
                     else StoreError(f"the result of {self.h_label} could not be stored: {exc!r}")
                 )
                 try:
-                    self._put(h, self._final(h, FAILURE, error), final=True)
+                    self._put(h, self._final(h, FAILURE, error), final=True, bounded=False)
                 except Exception:
                     LOGGER.exception("%r: its failure to store its result was not stored either", h)
                 self.final = True
@@ -433,7 +434,7 @@ class _Recorder:
             except Exception as exc:
                 error = StoreError(f"the result of {self.h_label} could not be stored: {exc!r}")
                 try:
-                    self._put(h, self._final(h, FAILURE, error), final=True)
+                    self._put(h, self._final(h, FAILURE, error), final=True, bounded=False)
                 except Exception:
                     LOGGER.exception("%r: its outcome was not stored", h)
             self.final = True

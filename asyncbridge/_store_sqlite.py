@@ -26,6 +26,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,15 @@ CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at) WHERE expires_
 CREATE TABLE IF NOT EXISTS gone (id TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL)
     WITHOUT ROWID;
 """
+
+
+def _close_all(connections: dict[int, sqlite3.Connection], lock: threading.Lock) -> None:
+    with lock:
+        doomed = list(connections.values())
+        connections.clear()
+    for db in doomed:
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
 
 
 class _Listener:
@@ -84,7 +94,12 @@ class SqliteBackend:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        # One connection per thread (sqlite3 connections are not for concurrent use), all kept
+        # here so that close(), or the backend's collection, closes every one of them.
+        self._connections: dict[int, sqlite3.Connection] = {}
+        self._connections_lock = threading.Lock()
+        self._pid = os.getpid()
+        weakref.finalize(self, _close_all, self._connections, self._connections_lock)
         self._create_private()
         self._connection().executescript(_SCHEMA)  # idempotent; its own transaction
         digest = hashlib.sha256(os.path.realpath(self.path).encode()).hexdigest()[:16]
@@ -102,14 +117,20 @@ class SqliteBackend:
         os.close(fd)
 
     def _connection(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
+        if self._pid != os.getpid():  # a forked child: the parent's connections are not for it
+            with self._connections_lock:
+                self._connections.clear()
+                self._pid = os.getpid()
+        me = threading.get_ident()
+        db = self._connections.get(me)
+        if db is None:
             db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
+            with self._connections_lock:
+                self._connections[me] = db
         return db
 
     @contextlib.contextmanager
@@ -253,10 +274,8 @@ class SqliteBackend:
                 pass  # not a socket of ours: leave it
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Close every connection (a thread that uses the backend again opens a new one)."""
+        _close_all(self._connections, self._connections_lock)
         if self._sender is not None:
             self._sender.close()
             self._sender = None

@@ -274,3 +274,20 @@ def test_bad_store_arguments_are_clear_errors(url: str) -> None:
     app = Celery("x", backend="cache+memory://")
     with pytest.raises(ValueError, match="store= is for work asyncbridge runs"):
         ab.task(engine=app, store=url)(_double)
+
+
+def test_the_default_store_is_found_by_id_alone(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.delenv("ASYNCBRIDGE_STORE", raising=False)
+    h = ab.spawn(_coro(9), store=True)
+    assert h.get(timeout=30) == 10
+    assert (tmp_path / "asyncbridge" / "results.db").exists()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = "import sys, asyncbridge as ab; print(ab.Result(sys.argv[1]).get(timeout=30))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, h.id], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "10"  # no store= in the other process: the default store has it

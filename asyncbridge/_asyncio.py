@@ -161,7 +161,11 @@ def spawn(
         raise
     h._setup(f"coroutine {getattr(coro, '__qualname__', '?')}()", time_limit=limit)
     if recorder is not None:
-        recorder.track(h, expires=until)
+        try:
+            recorder.track(h, expires=until)
+        except BaseException:  # the store cannot record it: the work must not run unrecorded
+            coro.close()
+            raise
     start_coroutine(h, coro)
     return h
 

@@ -64,11 +64,13 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 
 def _as_handle(obj: Any) -> Result[Any]:
-    """A handle for one member (checked by _members): wrap() what it knows, spawn other awaitables."""
+    """A handle for one member (checked by _members): wrap() what it knows, spawn other awaitables.
+    An adapter's kind of work that is also awaitable (a Dask future) is the adapter's to wrap."""
     if (
         inspect.isawaitable(obj)
         and not isinstance(obj, Result | asyncio.Future)
         and not inspect.iscoroutine(obj)
+        and not registry.wraps(obj)
     ):
         return spawn(_await(obj))
     return wrap(obj)

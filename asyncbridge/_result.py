@@ -221,6 +221,7 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         else:
             from . import _registry as registry  # the registry imports _result (for types only)
 
+            self._setup(task_id=task_id)  # the engine's id is the handle's
             if not registry.bind_by_id(self, task_id, app):
                 raise TypeError(
                     f"Result(task_id, app=...) needs the engine of a registered adapter (a Celery app, "

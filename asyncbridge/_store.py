@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import _runtime as runtime
 from ._errors import UnknownResult, WorkerCrashed
@@ -178,7 +178,8 @@ class ResultStore:
         self._last_purge = 0.0
 
     def __repr__(self) -> str:
-        return f"<ResultStore {self.url.split('?')[0]}>"
+        p = urlsplit(self.url)  # no password, no key: reprs end up in logs
+        return f"<ResultStore {urlunsplit((p.scheme, p.netloc.rpartition('@')[2], p.path, '', ''))}>"
 
     # -- records ----------------------------------------------------------------------------------
 
@@ -248,10 +249,13 @@ class ResultStore:
         follow = _Follow(self, h, ident)
         h._setup(task_id=ident)
         h._bind_source(cancel_hook=follow.cancel, forget=lambda: self.forget(ident))
-        watcher = self._watcher_now()
-        watcher.follow(follow)  # before the first read: a write from now on wakes the watcher
         follow.apply(self._open(ident, sealed))
-        sealed, gone = self._backend.get(ident, time.time())  # what was written meanwhile
+        if h.done():
+            return  # a final record: nothing more to follow, no watcher needed
+        # Followed from now on (the watcher's socket is bound before it reads), then read once
+        # more: a write between the first read and the registration is seen by one or the other.
+        self._watcher_now().follow(follow)
+        sealed, _ = self._backend.get(ident, time.time())
         if sealed is not None:
             follow.apply(self._open(ident, sealed))
 
@@ -260,8 +264,8 @@ class ResultStore:
         self._backend.forget(task_id)
 
     def purge(self) -> int:
-        """Remove the results whose time is up now; return how many. (Reads treat an expired result
-        as gone at once; watchers purge every minute.)"""
+        """Remove the results whose time is up now; return how many (0 on Redis, which removes them
+        itself). Reads treat an expired result as gone at once; watchers purge every minute."""
         return int(self._backend.purge(time.time()))
 
     def _watcher_now(self) -> _Watcher:
@@ -627,7 +631,11 @@ class _Watcher:
         for f in follows:
             row = rows.get(f.ident)
             if row is None:
-                _, gone = self.store._backend.get(f.ident, time.time())
+                try:
+                    _, gone = self.store._backend.get(f.ident, time.time())
+                except Exception as exc:  # the store is unreachable: the next wake tries again
+                    LOGGER.warning("asyncbridge: reading %r failed (%r); trying again", self.store, exc)
+                    continue
                 f.fail(UnknownResult(f.ident, _gone_reason(gone, self.store)))
                 continue
             try:
@@ -645,8 +653,13 @@ class _Watcher:
                 h.cancel()
 
     def _check_owners(self, follows: list[_Follow]) -> None:
+        alive: dict[str, bool] = {}  # one check per owner, however many of its records are followed
         for f in follows:
-            if f.owner and not f.h.done() and not owner_alive(f.owner):
+            if not f.owner or f.h.done():
+                continue
+            if f.owner not in alive:
+                alive[f.owner] = owner_alive(f.owner)
+            if not alive[f.owner]:
                 crashed = WorkerCrashed(
                     f"the process that ran {f.h._label or f.ident} ({f.owner}) ended before its work "
                     "did; its result will never be stored",

@@ -55,13 +55,11 @@ CREATE TABLE IF NOT EXISTS gone (id TEXT PRIMARY KEY, reason TEXT NOT NULL, at R
 """
 
 
-def _close_all(connections: dict[int, sqlite3.Connection], lock: threading.Lock) -> None:
-    with lock:
-        doomed = list(connections.values())
-        connections.clear()
-    for db in doomed:
+def _close(held: list[sqlite3.Connection]) -> None:
+    for db in held:
         with contextlib.suppress(sqlite3.Error):
             db.close()
+    held.clear()
 
 
 class _Listener:
@@ -86,22 +84,27 @@ class _Listener:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        with contextlib.suppress(OSError):  # the last listener of this file takes the directory
+            os.rmdir(os.path.dirname(self.path))
 
 
 class SqliteBackend:
-    """The records of one SQLite file. Thread-safe: one connection per thread."""
+    """The records of one SQLite file. Thread-safe: one connection per process, used by one thread
+    at a time (a lock): SQLite takes one writer at a time anyway, and no thread can then close the
+    connection under another one's query."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # One connection per thread (sqlite3 connections are not for concurrent use), all kept
-        # here so that close(), or the backend's collection, closes every one of them.
-        self._connections: dict[int, sqlite3.Connection] = {}
-        self._connections_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._db: list[sqlite3.Connection] = []  # the one connection, once opened
         self._pid = os.getpid()
-        weakref.finalize(self, _close_all, self._connections, self._connections_lock)
+        # Closed with the backend; not at interpreter exit, where a daemon thread may still use it
+        # (an open WAL database is whole at any instant: nothing is lost by not closing it).
+        weakref.finalize(self, _close, self._db).atexit = False
         self._create_private()
-        self._connection().executescript(_SCHEMA)  # idempotent; its own transaction
+        with self._use() as db:
+            db.executescript(_SCHEMA)  # idempotent; its own transaction
         digest = hashlib.sha256(os.path.realpath(self.path).encode()).hexdigest()[:16]
         # Socket paths are short (108 bytes): the directory is named after the file, not in it.
         self.wake_dir = os.path.join(tempfile.gettempdir(), f"asyncbridge-{os.getuid()}-{digest}")
@@ -116,34 +119,33 @@ class SqliteBackend:
             return
         os.close(fd)
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # a forked child: the parent's connections are not for it
-            with self._connections_lock:
-                self._connections.clear()
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for this thread alone until the block ends."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's connection is not for it
+                self._db.clear()
                 self._pid = os.getpid()
-        me = threading.get_ident()
-        db = self._connections.get(me)
-        if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with self._connections_lock:
-                self._connections[me] = db
-        return db
+            if not self._db:
+                db = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                self._db.append(db)
+            yield self._db[0]
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: the write lock first, so no deadlock upgrade)."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._use() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -209,42 +211,54 @@ class SqliteBackend:
 
     def get(self, ident: str, now: float) -> tuple[bytes | None, str | None]:
         """``(record, None)``, or ``(None, why)``: "expired", "forgotten", or None if never known."""
-        db = self._connection()
-        row = db.execute("SELECT record, expires_at FROM results WHERE id = ?", (ident,)).fetchone()
+        with self._use() as db:
+            row = db.execute("SELECT record, expires_at FROM results WHERE id = ?", (ident,)).fetchone()
+            gone = (
+                None
+                if row is not None
+                else db.execute("SELECT reason FROM gone WHERE id = ?", (ident,)).fetchone()
+            )
         if row is not None:
             record, expires_at = row
             if expires_at is None or expires_at > now:
                 return bytes(record), None
             return None, "expired"
-        gone = db.execute("SELECT reason FROM gone WHERE id = ?", (ident,)).fetchone()
         return None, None if gone is None else str(gone[0])
 
     def get_many(self, idents: Iterable[str]) -> dict[str, tuple[bytes, str, bool]]:
         """``id -> (record, owner, cancel requested)`` for those of ``idents`` that are stored."""
         found: dict[str, tuple[bytes, str, bool]] = {}
-        db = self._connection()
         batch = list(idents)
-        for i in range(0, len(batch), 500):  # SQLite's limit on host parameters is 999 on old builds
-            chunk = batch[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for ident, record, owner, cancel in db.execute(
-                f"SELECT id, record, owner, cancel FROM results WHERE id IN ({marks})",
-                chunk,
-            ):
-                found[ident] = (bytes(record), owner, bool(cancel))
+        with self._use() as db:
+            for i in range(0, len(batch), 500):  # SQLite's limit on host parameters: 999 on old builds
+                chunk = batch[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for ident, record, owner, cancel in db.execute(
+                    f"SELECT id, record, owner, cancel FROM results WHERE id IN ({marks})",
+                    chunk,
+                ):
+                    found[ident] = (bytes(record), owner, bool(cancel))
         return found
 
     # -- waking waiters ---------------------------------------------------------------------------
 
     def listen(self) -> _Listener:
         """What wakes after each write by any process (select() on it); the caller closes it."""
-        os.makedirs(self.wake_dir, mode=0o700, exist_ok=True)
-        info = os.stat(self.wake_dir)
-        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-            raise PermissionError(f"{self.wake_dir} must be a directory of this user's only")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         path = os.path.join(self.wake_dir, f"{os.getpid()}-{os.urandom(4).hex()}")
-        sock.bind(path)
+        for attempt in range(3):
+            os.makedirs(self.wake_dir, mode=0o700, exist_ok=True)
+            info = os.stat(self.wake_dir)
+            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+                sock.close()
+                raise PermissionError(f"{self.wake_dir} must be a directory of this user's only")
+            try:
+                sock.bind(path)
+                break
+            except FileNotFoundError:  # another process's last listener removed the directory
+                if attempt == 2:
+                    sock.close()
+                    raise
         sock.setblocking(False)
         return _Listener(sock, path)
 
@@ -274,8 +288,9 @@ class SqliteBackend:
                 pass  # not a socket of ours: leave it
 
     def close(self) -> None:
-        """Close every connection (a thread that uses the backend again opens a new one)."""
-        _close_all(self._connections, self._connections_lock)
+        """Close the connection (a later use opens a new one)."""
+        with self._lock:
+            _close(self._db)
         if self._sender is not None:
             self._sender.close()
             self._sender = None

@@ -26,8 +26,10 @@ and the core imports it the first time it meets an object of ``mylib``. Or call
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ._context import CURRENT, Work as Work
 from ._registry import (
     Adapter as Adapter,
     RemoteTask as RemoteTask,
@@ -38,21 +40,24 @@ from ._result import Owned, Result, Wrapped
 from ._validate import callable_arg
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = [
     "Adapter",
     "BlockingGuard",
     "RemoteTask",
+    "Work",
     "cancel_requested",
     "confirm_cancelled",
     "fail",
     "guard_blocking",
+    "name",
     "new_handle",
     "on_cancel",
     "progress",
     "register",
     "retry",
+    "running_as",
     "start",
     "succeed",
     "unregister",
@@ -111,6 +116,30 @@ class _EvenWhenDone:
 
     def check_can_block(self, h: Result[Any], caller: str) -> None:
         self.guard.check_can_block(h, caller)
+
+
+def name(h: Result[Any], label: str | None = None, *, task_id: str | None = None) -> None:
+    """Name a handle before handing it out: its ``label`` (``repr`` and messages) and its ``id``
+    (the engine's own id). For the blank handle ``Adapter.by_id`` is given, whose ``id`` is already
+    the one asked for; only what is given changes."""
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a str, not {type(label).__qualname__}")
+    if task_id is not None and (not isinstance(task_id, str) or not task_id):
+        raise TypeError(f"task_id must be a non-empty str, not {task_id!r}")
+    h._setup(label, task_id=task_id)
+
+
+@contextlib.contextmanager
+def running_as(work: Work) -> Iterator[None]:
+    """Inside the block, ``asyncbridge.checkpoint()``, ``cancel_requested()`` and
+    ``report_progress()`` (in this thread or task, and in what it spawns with this context) address
+    ``work``: the handle itself where the work runs in this process, or, in a process of the engine
+    (a worker), a stand-in that carries the calls to the caller's handle (see :class:`Work`)."""
+    token = CURRENT.set(work)
+    try:
+        yield
+    finally:
+        CURRENT.reset(token)
 
 
 def start(h: Result[Any]) -> bool:

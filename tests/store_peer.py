@@ -22,6 +22,11 @@ from typing import Any
 
 import asyncbridge as ab
 
+try:  # serves redis:// URLs (the asyncbridge.stores entry points would import it on first use)
+    import asyncbridge.contrib.redis_store
+except ImportError:  # no redis-py: the SQLite tests need none
+    pass
+
 
 def say(**event: Any) -> None:
     print(json.dumps(event), flush=True)

@@ -13,10 +13,11 @@ from typing import Any
 import celery_work
 import pytest
 from test_celery import make_fifo, release, wait_for_progress
+from test_dask import dask_cluster  # noqa: F401  # a real dask scheduler and worker, for "dask"
 
 import asyncbridge as ab
 
-ENGINES = ["thread", "process", "celery"]
+ENGINES = ["thread", "process", "celery", "dask"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -26,6 +27,9 @@ def engine(request: pytest.FixtureRequest) -> Callable[[Callable[..., Any]], ab.
         # registered by celery_app at import, as the worker must know them too
         registered = request.getfixturevalue("celery_worker").engine_tasks
         return lambda fn: registered[fn.__name__]
+    if request.param == "dask":
+        client = request.getfixturevalue("dask_cluster").client
+        return lambda fn: ab.task(engine=client)(fn)
     name = request.param
     return lambda fn: ab.task(engine=name)(fn)
 

@@ -67,7 +67,7 @@ from kombu.serialization import dumps
 from .. import _registry as registry
 from .._errors import RemoteTraceback, TimeLimitExceeded
 from .._result import Result, Wrapped
-from ..extension import guard_blocking
+from ..extension import guard_blocking, running_as
 from . import _celery_listener
 from ._celery_listener import _LISTENERS as _LISTENERS  # for the tests
 
@@ -322,8 +322,6 @@ def register(spec: Any, app: Celery) -> Any:
     with the task's options mapped to Celery's: ``timeout`` to ``soft_time_limit`` (and a hard
     ``time_limit`` one second later), ``Retry`` to ``autoretry_for``/``max_retries``/``retry_backoff``.
     Returns what ``app.task`` returns (a proxy that registers the task on first use)."""
-    from .._context import CURRENT
-
     fn = spec.fn
     # shared=False: the task is this app's. Celery's default (shared) would also register it in every
     # app finalized later, where two apps' registrations of one name then collide (a second app made
@@ -344,11 +342,8 @@ def register(spec: Any, app: Celery) -> Any:
         )
 
     def run(task: Any, *args: Any, **kwargs: Any) -> Any:
-        token = CURRENT.set(_InCeleryTask(task))
-        try:
+        with running_as(_InCeleryTask(task)):
             return fn(*args, **kwargs)
-        finally:
-            CURRENT.reset(token)
 
     # Celery compiles a stand-in ``def <__name__>(...)`` to check call arguments: a lambda's or an
     # object's lacking name must give way to an identifier (the end of the task's name, if one).

@@ -235,6 +235,16 @@ class ProcessPool(cf.Executor):
                 worker still importing the main module (a script without ``if __name__ ==
                 '__main__':``).
         """
+        return self._submit(fn, args, kwargs)
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        prepare: Callable[[Result[T]], object] | None = None,
+    ) -> Result[T]:
+        """``submit``, with ``prepare(handle)`` run before the work can start (a store records it)."""
         callable_arg(fn, "run_in_process", hint="; use asyncbridge.spawn(coro) for those")
         try:
             payload = pickle.dumps((fn, args, kwargs))
@@ -244,6 +254,8 @@ class ProcessPool(cf.Executor):
             _refuse_main_objects((fn, args, kwargs))  # (the scan of a big payload last: rarely needed)
         h: Result[T] = Owned()
         h._setup(f"process {getattr(fn, '__qualname__', type(fn).__qualname__)}()")
+        if prepare is not None:
+            prepare(h)
         self._enqueue(h, payload)
         return h
 

@@ -32,14 +32,16 @@ import select
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from . import _runtime as runtime
 from ._errors import UnknownResult, WorkerCrashed
+from ._process import shared_pool
 from ._remote import describe_failure, rebuild_failure
 from ._result import Owned, Result, Wrapped, install_bind_stored
 from ._state import _TERMINAL, FAILURE, PENDING, PROGRESS, RETRY, REVOKED, SUCCESS, State
+from ._threads import start_in_thread
 from ._validate import optional_seconds
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["ResultStore", "StoreError"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 LOGGER = logging.getLogger("asyncbridge")
 
@@ -210,10 +213,11 @@ class ResultStore:
         """Record ``h`` under its id from now on: its state now (written before this returns), each
         later move, and its outcome. Returns ``h``. ``expires``: as the store's, for this result.
 
-        A handle the library makes for work started with ``store=`` is tracked before anyone sees
-        it; a result too large for the store then fails the work itself. Tracking a handle that is
-        already out (``store.track(ab.run_in_thread(...))``) records it the same way, except that
-        a too-large outcome it already had fails only the stored record.
+        A handle the library makes for work started with ``store=`` (or through this store's
+        :meth:`run_in_thread`/:meth:`run_in_process`) is tracked before its work can start; a
+        result too large for the store then fails the work itself. Tracking a handle that is
+        already out (``store.track(ab.wrap(future))``) records it the same way, except that an
+        outcome it already had, too large for the store, fails only the stored record.
         """
         if not isinstance(h, Result):
             raise TypeError(f"track() needs an asyncbridge handle, not {type(h).__qualname__}")
@@ -232,6 +236,17 @@ class ResultStore:
         if not h.done():
             self._watcher_now().own(h)
         return h
+
+    def run_in_thread(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
+        """:func:`asyncbridge.run_in_thread`, recorded here from before the work can start (as
+        ``@task(store=...)`` records each call). Every argument goes to ``fn``, so the store's own
+        ``expires`` applies; ``track(handle, expires=...)`` sets another."""
+        return start_in_thread(fn, args, kwargs, self.track)
+
+    def run_in_process(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Result[T]:
+        """:func:`asyncbridge.run_in_process` on the shared pool, recorded here from before the work
+        can start (see :meth:`run_in_thread`)."""
+        return shared_pool()._submit(fn, args, kwargs, self.track)
 
     # -- the reading side ---------------------------------------------------------------------------
 

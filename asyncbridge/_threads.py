@@ -209,8 +209,20 @@ def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> R
         TypeError: ``fn`` is not callable (a coroutine is closed first; use ``spawn`` for those).
         RuntimeError: called during interpreter shutdown.
     """
+    return start_in_thread(fn, args, kwargs)
+
+
+def start_in_thread(
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    prepare: Callable[[Result[T]], object] | None = None,
+) -> Result[T]:
+    """``run_in_thread``, with ``prepare(handle)`` run before the work can start (a store records it)."""
     callable_arg(fn, "run_in_thread", hint="; use asyncbridge.spawn(coro) for those")
     h: Result[T] = Owned()
     h._setup(f"thread {getattr(fn, '__qualname__', type(fn).__qualname__)}()")
+    if prepare is not None:
+        prepare(h)
     POOL.submit((h, contextvars.copy_context(), fn, args, kwargs))
     return h

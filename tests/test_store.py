@@ -88,6 +88,11 @@ async def _coro(x: int) -> int:
     return x + 1
 
 
+def _tracked_future(store: ab.ResultStore) -> ab.Result[int]:
+    with cf.ThreadPoolExecutor(1) as pool:
+        return store.track(ab.wrap(pool.submit(workers.square, 6)))
+
+
 # -- recording: every kind of work, read by another process --------------------------------------------
 
 
@@ -97,10 +102,12 @@ async def _coro(x: int) -> int:
         lambda s: ab.task(engine="thread", store=s)(_double).delay(21),
         lambda s: ab.task(engine="process", store=s)(workers.square).delay(6),
         lambda s: ab.spawn(_coro(41), store=s),
+        lambda s: s.run_in_thread(_double, 21),
+        lambda s: s.run_in_process(workers.square, 6),
         lambda s: s.track(ab.run_in_thread(_double, 21)),
-        lambda s: s.track(ab.run_in_process(workers.square, 6)),
+        lambda s: _tracked_future(s),
     ],
-    ids=["task-thread", "task-process", "spawn", "track-thread", "track-process"],
+    ids=["task-thread", "task-process", "spawn", "store-thread", "store-process", "track", "track-cf"],
 )
 def test_another_process_reads_a_stored_result_by_id(store: ab.ResultStore, url: str, start: Any) -> None:
     h = start(store)

@@ -105,6 +105,12 @@ class _Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()  # the loop holds tasks weakly: we hold them
         self._subscribed = False
         self._comm: object = None  # the connection the subscription was sent on
+        # Values of futures that ended, fetched together (a gather each made hundreds of requests
+        # for a thousand futures, where the caller's own client.gather makes one): one gather at a
+        # time, and every value wanted while it runs joins the next one. A lone round trip waits
+        # for nothing; a stream of ends is fetched in batches as large as the stream is fast.
+        self._fetches: list[tuple[Future[Any], asyncio.Future[Any]]] = []
+        self._fetching = False
 
     def expect(self, h: Result[Any], key: str) -> None:
         """Route progress events of ``key`` to ``h`` from now on (before the task is even sent)."""
@@ -135,7 +141,10 @@ class _Bridge:
         ext.on_cancel(h, partial(self._cancel, future))
         error: Exception | None = None
         try:
-            self.loop.call_soon_threadsafe(self._launch, h, future, ask_scheduler)
+            if asyncio._get_running_loop() is self.loop:  # on the client's loop: no wake-up to send
+                self._launch(h, future, ask_scheduler)
+            else:
+                self.loop.call_soon_threadsafe(self._launch, h, future, ask_scheduler)
         except RuntimeError:
             error = RuntimeError(f"{h!r} cannot end: the event loop of its Dask client is closed")
         if future.client.status in _GONE:  # a closing loop may never run what was just queued
@@ -167,7 +176,7 @@ class _Bridge:
                 return
             error = await future.exception(asynchronous=True)  # type: ignore[no-untyped-call]
             if error is None:
-                value = await client.gather(future, asynchronous=True)
+                value = await self._fetch(future)
             else:  # the task's own exception; its traceback, the worker's frames (rebuilt by Dask)
                 error = error.with_traceback(await future.traceback(asynchronous=True))  # type: ignore[no-untyped-call]
         except FutureCancelledError as exc:
@@ -183,6 +192,49 @@ class _Bridge:
                 ext.fail(h, error)
         finally:
             self.forget(h, key)
+
+    def _fetch(self, future: Future[Any]) -> asyncio.Future[Any]:
+        """The value of ``future`` (finished without error), fetched with the others of this turn."""
+        waiter: asyncio.Future[Any] = self.loop.create_future()
+        self._fetches.append((future, waiter))
+        if len(self._fetches) == 1 and not self._fetching:
+            self.loop.call_soon(self._flush)  # after this turn: the other ends of this turn join
+        return waiter
+
+    def _flush(self) -> None:
+        if self._fetching or not self._fetches:
+            return
+        batch, self._fetches = self._fetches, []
+        self._fetching = True
+        self._spawn(self._gather_batch(batch))
+
+    async def _gather_batch(self, batch: list[tuple[Future[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            await self._gather(batch)
+        finally:
+            self._fetching = False
+            self._flush()  # what ended meanwhile
+
+    async def _gather(self, batch: list[tuple[Future[Any], asyncio.Future[Any]]]) -> None:
+        client = batch[0][0].client
+        try:
+            values = await client.gather([f for f, _ in batch], asynchronous=True)
+        except BaseException as exc:
+            if len(batch) == 1:
+                waiter = batch[0][1]
+                if isinstance(exc, asyncio.CancelledError):
+                    waiter.cancel()  # the loop is ending: _settle says so to the handle
+                elif not waiter.done():
+                    waiter.set_exception(exc)
+                return
+            # One of them failed (its data lost with a worker, say): fetch each on its own, so that
+            # each handle gets its own value or its own error.
+            for one in batch:
+                self._spawn(self._gather([one]))
+            return
+        for (_, waiter), value in zip(batch, values, strict=True):
+            if not waiter.done():
+                waiter.set_result(value)
 
     def _cancel(self, future: Future[Any]) -> None:
         """``h.cancel()``, in the cancelling thread: ask Dask, on the client's loop (no waiting)."""

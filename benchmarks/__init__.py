@@ -16,4 +16,10 @@ swing several-fold between runs on shared machines; ratios hold). Families:
 - ``celery``: with a real Redis server and prefork worker it starts itself, one awaited round trip
   vs Celery's ``r.get()``, and 1,000 concurrently awaited results (time and threads) vs
   ``asyncio.to_thread(r.get)`` and a sync loop.
+- ``dask``: with an in-process ``distributed.LocalCluster`` it starts itself, one awaited round trip
+  vs ``await future``, and 1,000 concurrently awaited futures (time and threads) vs
+  ``client.gather``, on the loop and from a thread.
+- ``store``: the result store across processes (a helper process it starts, a SQLite file, a
+  Redis server it starts): write a result and read it by id elsewhere vs Celery's SQLAlchemy and
+  Redis backends, the wake-up of a waiter in another process, and the CPU of an idle waiter.
 """

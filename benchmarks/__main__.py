@@ -29,9 +29,11 @@ from . import (
     cf_await,
     compose,
     create_memory,
+    dask_results,
     hop_latency,
     hop_throughput,
     process_hop,
+    store_results,
     sync_to_coro,
 )
 from ._harness import FULL, QUICK, Family, GroupResult, blocks_in, environment, run_group
@@ -48,6 +50,8 @@ FAMILIES: dict[str, Family] = {
         cancel_latency,
         compose,
         celery_results,
+        dask_results,
+        store_results,
     )
 }
 

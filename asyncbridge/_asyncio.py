@@ -95,14 +95,14 @@ def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
     h: Result[T] = Wrapped()
     loop = fut.get_loop()
     is_task = isinstance(fut, asyncio.Task)
-    h._setup("task " + fut.get_name() if isinstance(fut, asyncio.Task) else "asyncio future")
+    label = "task " + fut.get_name() if isinstance(fut, asyncio.Task) else "asyncio future"
     if fut.done():
-        h._bind_source(fut, loop)
+        h._bind_future(label, fut, loop, False)
         h._adopt(fut)
     elif _get_running_loop() is loop:
-        h._bind_source(fut, loop, started=is_task, activate=_bind)
+        h._bind_future(label, fut, loop, is_task, _bind)
     else:
-        h._bind_source(fut, loop, started=is_task)
+        h._bind_future(label, fut, loop, is_task)
         _bind(h)
     return h
 
@@ -183,7 +183,7 @@ def start_coroutine(h: Result[T], coro: Coroutine[Any, Any, T]) -> None:
         _spawn_trio(h, coro, ctx)
         return
     loop = BACKGROUND.loop()
-    h._bind_source(runner=loop)
+    h._bind_future(h._label, None, loop, False)  # its runner; the task is its source once made
     loop.call_soon_threadsafe(_start, h, coro, ctx, loop)
 
 
@@ -263,7 +263,7 @@ def _run_as_task(
     task = loop.create_task(_run(h, coro), context=ctx)
     _TASKS[task] = h
     task.add_done_callback(partial(_after_run, h, coro))
-    h._bind_source(task, loop)
+    h._bind_future(h._label, task, loop, False)  # started already (the caller's move)
     h._on_cancel(partial(_cancel_on_loop, h, task, loop))
 
 

@@ -50,6 +50,17 @@ class UnknownResult(LookupError):
         self.reason = reason
 
 
+class StoreError(RuntimeError):
+    """The result store could not do what was asked: a record that fails its signature check (it
+    was not written with this store's key, or was altered), a result above the store's size limit,
+    a store that cannot be reached. ``permanent``: no later attempt will do better (a file that is
+    no longer a store), as opposed to a server that may come back."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
 class WorkerCrashed(RuntimeError):
     """A worker process died (a signal, ``os._exit``, a segfault, out of memory) while running the work.
 

@@ -20,11 +20,12 @@ T = TypeVar("T")
 def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     """A handle mirroring ``fut``; callbacks on it run where ``fut``'s callbacks run."""
     h: Result[T] = Wrapped()
-    h._setup("future")
     if fut.done():
+        h._setup("future")
         h._adopt(fut)
         return h
+    h._bind_future("future", None, None, fut.running())
     # cancel() forwards to fut.cancel, and the state asks fut.running() while PENDING
-    h._bind_source(started=fut.running(), probe=fut.running, cancel_hook=fut.cancel)
+    h._bind_source(probe=fut.running, cancel_hook=fut.cancel)
     fut.add_done_callback(h._adopt)  # runs at once if fut finished meanwhile
     return h

@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 from . import _ids as ids
 from ._awaiting import Awaiting
 from ._blocking import Blocking
+from ._by_id import ById
 from ._callbacks import Callbacks
 from ._cf_compat import CfFuture
-from ._errors import UnknownResult
 from ._progress import Progress
 from ._reading import Reading
 from ._state import (
@@ -87,17 +87,7 @@ def install_then(impl: Callable[[Result[Any], Callable[[Any], Any]], Result[Any]
     _THEN[:] = [impl]
 
 
-#: ``Result(task_id, store=...)``'s binding to a stored result, installed by ``_store`` when the
-#: package is imported: ``(handle, task_id, store or None) -> False`` if no store is at hand, else
-#: True once bound (or :class:`UnknownResult` from the store).
-_BIND_STORED: list[Callable[[Result[Any], str, Any], bool]] = []
-
-
-def install_bind_stored(impl: Callable[[Result[Any], str, Any], bool]) -> None:
-    _BIND_STORED[:] = [impl]
-
-
-class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
+class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
     Obtain one from :func:`asyncbridge.wrap`, :func:`asyncbridge.spawn` or
@@ -204,59 +194,7 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
         self._pin: Callable[[Result[T]], object] | None = None
         if task_id is not None or app is not None or store is not None:
             self._bind_task_id(task_id, app, store)
-
-    def _bind_task_id(self, task_id: str | None, app: Any, store: Any) -> None:
-        if task_id is None:
-            raise TypeError("Result(app=...) needs the task id too: Result(task_id, app=app)")
-        if not isinstance(task_id, str) or not task_id:
-            raise TypeError(f"a task id must be a non-empty str, not {task_id!r}")
-        if store is not None:  # the store's record is the truth (forgotten, expired, or there)
-            _BIND_STORED[0](self, task_id, store)
-        elif app is None:
-            try:
-                self._follow(ids.find(task_id))
-            except UnknownResult:
-                if not (_BIND_STORED and _BIND_STORED[0](self, task_id, None)):
-                    raise
-        else:
-            from . import _registry as registry  # the registry imports _result (for types only)
-
-            self._setup(task_id=task_id)  # the engine's id is the handle's
-            if not registry.bind_by_id(self, task_id, app):
-                raise TypeError(
-                    f"Result(task_id, app=...) needs the engine of a registered adapter (a Celery app, "
-                    f"with asyncbridge[celery]), not {type(app).__qualname__}"
-                )
-        self.__class__ = Wrapped  # the work completes it, not the caller
-
-    def _follow(self, src: Result[Any]) -> None:
-        """Agree with the live handle ``src``: its moves from now on, then where it stands now (a
-        move seen both ways is applied once: each is a no-op the second time, and a progress report
-        is caught up only if none came meanwhile)."""
-        self._id = src.id
-        self._label = src._label
-        forget = src.__dict__.get("_engine_forget")
-        if forget is not None:
-            self.__dict__["_engine_forget"] = forget
-        self._loop = src._loop  # the same rule on where a thread may block for it
-        self._hooks = [src.cancel]
-        src._watch(self._mirror)
-        st, meta = src._st, src._meta
-        if st is not PENDING:
-            self._set_started()
-            if st is PROGRESS and self._pversion == 0:
-                self._set_progress(meta, src._state_name)
-            elif st is RETRY:
-                self._set_retry(meta)
-        src.add_done_callback(self._adopt)
-
-    def _mirror(self, _src: Result[Any], st: State, info: Any) -> None:
-        if st is STARTED:
-            self._set_started()
-        elif st is PROGRESS:
-            self._set_progress(info, _src._state_name)
-        elif st is RETRY:
-            self._set_retry(info)
+            self.__class__ = Wrapped  # the work completes it, not the caller
 
     # -- the producer API, for adapters (docs/architecture.md, "The producer API") ----------------
     #
@@ -275,6 +213,25 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
             ids.register(self, task_id)
         if time_limit is not None:
             self._time_limit = time_limit
+
+    def _bind_future(
+        self,
+        label: str,
+        source: Any,
+        runner: Any,
+        started: bool,
+        activate: Callable[[Result[T]], object] | None = None,
+    ) -> None:
+        """:meth:`_setup` and :meth:`_bind_source` in one call, for the built-in adapters' hot paths
+        (a wrapped asyncio or cf future, a coroutine's task): name, source, runner, started, and
+        a lazy binding, on a fresh handle."""
+        self._label = label
+        self._src = source
+        self._loop = runner
+        if activate is not None:
+            self._activate = activate
+        if started:
+            self._enter_started()
 
     def _bind_source(
         self,
@@ -648,15 +605,6 @@ class Result(Reading, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture
             for hook in hooks:
                 self._run_hook(hook)
         return True
-
-    # -- forgetting -------------------------------------------------------------------------------
-
-    def forget(self) -> None:
-        """Forget this result by its id: from now on ``Result(id)`` raises
-        :class:`asyncbridge.UnknownResult` saying so, and an engine deletes its own record of it
-        (Celery's result backend entry). This handle keeps what it already knows, and its work goes
-        on if it has not ended (``cancel()`` stops it)."""
-        ids.forget(self.id, self.__dict__.get("_engine_forget"))
 
     # -- composition ------------------------------------------------------------------------------
 

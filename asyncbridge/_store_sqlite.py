@@ -30,6 +30,8 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._errors import StoreError
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
@@ -121,19 +123,30 @@ class SqliteBackend:
 
     @contextlib.contextmanager
     def _use(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for this thread alone until the block ends."""
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's connection is not for it
-                self._db.clear()
-                self._pid = os.getpid()
-            if not self._db:
-                db = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                self._db.append(db)
-            yield self._db[0]
+        """The connection, for this thread alone until the block ends. SQLite's errors leave as
+        :class:`StoreError` naming the file: ``permanent`` unless the file is only busy (another
+        writer held it past the busy timeout), so that waiters stop waiting on a file that is no
+        longer a store (deleted from under SQLite, overwritten, unreadable)."""
+        try:
+            with self._lock, self._open() as db:
+                yield db
+        except sqlite3.Error as exc:
+            busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+            raise StoreError(f"the result store {self.path} failed: {exc}", permanent=not busy) from exc
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        if self._pid != os.getpid():  # a forked child: the parent's connection is not for it
+            self._db.clear()
+            self._pid = os.getpid()
+        if not self._db:
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._db.append(db)
+        yield self._db[0]
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

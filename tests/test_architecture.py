@@ -102,6 +102,7 @@ def test_the_core_imports_no_adapter_of_contrib() -> None:
 HANDLE_MODULES = {
     "_result",
     "_reading",
+    "_by_id",
     "_callbacks",
     "_unread",
     "_blocking",

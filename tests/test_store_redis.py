@@ -23,6 +23,7 @@ from test_store import Peer, _coro, _double, _Trap, peer
 
 import asyncbridge as ab
 import asyncbridge._store as store_module
+import asyncbridge._store_follow as watching
 from asyncbridge.contrib import redis_store
 from benchmarks._servers import free_port
 
@@ -57,8 +58,8 @@ def raw(url: str) -> Iterator[Any]:
 def slow_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
     """Watchers read on their own every 30 s only, busy (RECHECK) or idle (LINGER): a record that
     reaches a waiter faster came with a pub/sub wake-up."""
-    monkeypatch.setattr(store_module, "RECHECK", 30.0)
-    monkeypatch.setattr(store_module, "LINGER", 30.0)
+    monkeypatch.setattr(watching, "RECHECK", 30.0)
+    monkeypatch.setattr(watching, "LINGER", 30.0)
 
 
 def follow_to_the_end(store: ab.ResultStore, owner: Peer, gate: pathlib.Path) -> float:

@@ -73,7 +73,8 @@ class Callbacks(Generic[T]):
         loop (``asyncio.wait`` treats any object with ``add_done_callback`` as an asyncio future)
         runs on that loop, as an asyncio future would run it.
         """
-        callable_arg(fn, "add_done_callback")
+        if not callable(fn):  # the check inline: this is a hot path
+            callable_arg(fn, "add_done_callback")  # type: ignore[unreachable]  # untyped callers do get here
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
         if loop is None and _is_loop_bound(fn):

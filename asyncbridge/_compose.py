@@ -21,7 +21,7 @@ from . import _registry as registry
 from ._asyncio import BACKGROUND, spawn
 from ._awaiting import shield
 from ._errors import close_coroutines, format_seconds
-from ._result import Owned, Result, install_then
+from ._result import Owned, Result, install_then, outcomes
 from ._state import REVOKED, SUCCESS
 from ._threads import run_in_thread
 from ._validate import callable_arg
@@ -202,8 +202,9 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[Any]:
     left = [len(handles)]
 
     def member_done(h: Result[Any]) -> None:
-        st, value, tb = h._ended()
-        if st is not SUCCESS and not return_exceptions:
+        failure = h._failure()  # read here: the gather carries it on
+        if failure is not None and not return_exceptions:
+            st, value, tb = failure
             if st is REVOKED:
                 out._set_cancelled()
             else:
@@ -215,7 +216,7 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[Any]:
             left[0] -= 1
             finished = left[0] == 0
         if finished:  # each member's value, or with return_exceptions its exception
-            out._set_result([m._ended()[1] for m in handles])
+            out._set_result(outcomes(handles))
 
     out._on_cancel(lambda: [m.cancel() for m in handles])
     for h in handles:

@@ -245,7 +245,8 @@ class ProcessPool(cf.Executor):
         prepare: Callable[[Result[T]], object] | None = None,
     ) -> Result[T]:
         """``submit``, with ``prepare(handle)`` run before the work can start (a store records it)."""
-        callable_arg(fn, "run_in_process", hint="; use asyncbridge.spawn(coro) for those")
+        if not callable(fn):  # the check inline: this is a hot path
+            callable_arg(fn, "run_in_process", hint="; use asyncbridge.spawn(coro) for those")  # type: ignore[unreachable]  # untyped callers do get here
         try:
             payload = pickle.dumps((fn, args, kwargs))
         except Exception as exc:

@@ -87,6 +87,12 @@ def install_then(impl: Callable[[Result[Any], Callable[[Any], Any]], Result[Any]
     _THEN[:] = [impl]
 
 
+def outcomes(handles: list[Result[Any]]) -> list[Any]:
+    """The value (or, if it failed, the exception) of each of ``handles``, all done and each one's
+    failure read already: what ``gather`` returns, in one pass over the handles' own fields."""
+    return [h._value for h in handles]
+
+
 class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, CfFuture[T], cf.Future[T]):
     """A handle to work that finishes later: awaitable, blocking-gettable, cancellable.
 
@@ -297,6 +303,13 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
         progress meta, the last attempt's error, the outcome), and an engine's own state name."""
         st = self._st
         return st, self._meta if st is PROGRESS or st is RETRY else self._value, self._state_name
+
+    def _failure(self) -> tuple[State, Any, TracebackType | None] | None:
+        """None if this done handle succeeded; else as :meth:`_ended` (the cheap test a composition
+        makes for each member that ends)."""
+        if self._st is SUCCESS:
+            return None
+        return self._ended()
 
     def _fail_as(self, exc: BaseException, tb: TracebackType | None) -> bool:
         """-> FAILURE with ``exc`` and the traceback ``tb`` it had where it first failed."""

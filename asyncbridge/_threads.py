@@ -219,7 +219,8 @@ def start_in_thread(
     prepare: Callable[[Result[T]], object] | None = None,
 ) -> Result[T]:
     """``run_in_thread``, with ``prepare(handle)`` run before the work can start (a store records it)."""
-    callable_arg(fn, "run_in_thread", hint="; use asyncbridge.spawn(coro) for those")
+    if not callable(fn):  # the check inline: this is a hot path
+        callable_arg(fn, "run_in_thread", hint="; use asyncbridge.spawn(coro) for those")  # type: ignore[unreachable]  # untyped callers do get here
     h: Result[T] = Owned()
     h._setup(f"thread {getattr(fn, '__qualname__', type(fn).__qualname__)}()")
     if prepare is not None:

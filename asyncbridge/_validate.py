@@ -37,7 +37,8 @@ def optional_seconds(value: object, name: str, *, positive: bool = False) -> flo
 
 
 def callable_arg(fn: object, caller: str, *, hint: str = "") -> None:
-    """Raise ``TypeError`` naming ``caller`` unless ``fn`` is callable. A coroutine object given
+    """Raise ``TypeError`` naming ``caller`` unless ``fn`` is callable (hot paths test
+    ``callable(fn)`` first and call this only when it is not). A coroutine object given
     instead is closed first (it must not run, and Python would also warn "never awaited", which
     buries this message); ``hint`` says what to do instead."""
     if callable(fn):

@@ -181,7 +181,8 @@ def case_segfault(pool: ab.ProcessPool) -> None:
 def case_sys_exit(pool: ab.ProcessPool) -> None:
     exc = ends_within_bound(pool.submit(fw.sys_exit, 3))
     # (once in a CI run: SystemExit(3) with code None; the worker's traceback says where it came from)
-    assert type(exc) is SystemExit and exc.code == 3, f"{exc!r}, code {getattr(exc, 'code', None)!r}; {exc.__cause__}"
+    code = getattr(exc, "code", None)
+    assert type(exc) is SystemExit and code == 3, f"{exc!r}, code {code!r}; {exc.__cause__}"
     assert isinstance(exc.__cause__, ab.RemoteTraceback)
 
 

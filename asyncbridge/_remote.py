@@ -4,12 +4,20 @@ The exception itself is pickled when it can be (and rebuilt, to be sure it can b
 text always travels, and comes back as its ``__cause__`` (:class:`RemoteTraceback`), so the frames
 of the process that raised it show in ``handle.traceback``. An exception that cannot make the
 journey comes back as a ``RuntimeError`` naming its type and message.
+
+Exceptions are pickled with each class's own ``__reduce__``, never with reducers registered for
+exception classes in ``copyreg`` (tblib's ``pickling_support.install()``, which importing
+``distributed`` runs, registers one for every exception class that rebuilds ``SystemExit(3)`` with
+``code`` None): what crosses is what the exception itself says it is.
 """
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import traceback
+from typing import Any
 
 from ._errors import RemoteTraceback
 
@@ -21,11 +29,30 @@ def describe_failure(exc: BaseException) -> bytes:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     blob: bytes | None
     try:
-        blob = pickle.dumps(exc)  # the traceback is not pickled: its text goes beside it
+        blob = _dumps(exc)  # the traceback is not pickled: its text goes beside it
         pickle.loads(blob)  # an exception that pickles but cannot be rebuilt is as bad
     except Exception:
         blob = None
     return pickle.dumps((blob, type(exc).__module__, type(exc).__qualname__, str(exc), text))
+
+
+def _dumps(obj: object) -> bytes:
+    """``pickle.dumps`` without ``copyreg``'s reducers of exception classes (see the docstring)."""
+    table = copyreg.dispatch_table
+    key = len(table)
+    own = _TABLES.get(key)
+    if own is None:
+        own = {k: v for k, v in table.items() if not (isinstance(k, type) and issubclass(k, BaseException))}
+        _TABLES.clear()
+        _TABLES[key] = own
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer)
+    pickler.dispatch_table = own
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+_TABLES: dict[int, dict[Any, Any]] = {}  # copyreg's table less exception reducers, by its size
 
 
 def rebuild_failure(body: bytes) -> BaseException:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copyreg
 import multiprocessing
 import multiprocessing.managers
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import fault_workers
 import pytest
 import workers
 
@@ -576,3 +578,18 @@ def test_a_time_limit_of_weeks_is_accepted() -> None:
     (found by tests/stress/test_bad_input.py)."""
     limited = ab.task(engine="process", timeout=2_147_484)(workers.square)
     assert limited.delay(3).get(30) == 9
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # fork, 3.12+
+def test_an_exception_crosses_as_itself_even_with_tblib_reducers_installed() -> None:
+    """Importing distributed installs tblib's copyreg reducers for every exception class, which
+    rebuild SystemExit(3) with code None; a worker's exception must come back as it was raised."""
+    import distributed  # noqa: F401  # (installs them, as in any program that uses Dask)
+
+    assert copyreg.dispatch_table.get(SystemExit) is not None  # the reducer this test is about
+    pool = ab.ProcessPool(1, start_method="fork")  # fork: the worker inherits the reducers
+    try:
+        exc = pool.submit(fault_workers.sys_exit, 3).exception(timeout=30)
+    finally:
+        pool.shutdown()
+    assert type(exc) is SystemExit and exc.code == 3

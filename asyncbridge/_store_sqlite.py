@@ -105,8 +105,12 @@ class SqliteBackend:
         # (an open WAL database is whole at any instant: nothing is lost by not closing it).
         weakref.finalize(self, _close, self._db).atexit = False
         self._create_private()
-        with self._use() as db:
-            db.executescript(_SCHEMA)  # idempotent; its own transaction
+        try:
+            with self._use() as db:
+                db.executescript(_SCHEMA)  # idempotent; its own transaction
+        except BaseException:
+            _close(self._db)  # not a store (a file that is not a database): no connection left open
+            raise
         digest = hashlib.sha256(os.path.realpath(self.path).encode()).hexdigest()[:16]
         # Socket paths are short (108 bytes): the directory is named after the file, not in it.
         self.wake_dir = os.path.join(tempfile.gettempdir(), f"asyncbridge-{os.getuid()}-{digest}")
@@ -143,8 +147,12 @@ class SqliteBackend:
             db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                db.close()
+                raise
             self._db.append(db)
         yield self._db[0]
 

@@ -28,7 +28,7 @@ from . import _runtime as runtime
 from ._context import CURRENT, settle_failure
 from ._errors import TimeLimitExceeded, format_seconds
 from ._result import Owned, Result, Wrapped, _get_running_loop
-from ._store import ResultStore, store_for
+from ._store import ResultStore, store_arguments
 from ._validate import optional_seconds
 
 if TYPE_CHECKING:
@@ -152,10 +152,7 @@ def spawn(
     h: Result[T] = Owned()
     try:
         limit = check_time_limit(timeout)
-        recorder = None if store is None or store is False else store_for(store)
-        until = optional_seconds(expires, "expires", positive=True)
-        if until is not None and recorder is None:
-            raise ValueError("expires= is for stored results: give spawn() a store= too")
+        recorder, until = store_arguments(store, expires, "spawn()")
     except (TypeError, ValueError):
         coro.close()  # it must not run, nor warn "never awaited" over the real message
         raise

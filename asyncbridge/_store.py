@@ -326,6 +326,16 @@ def store_for(store: object) -> ResultStore:
         return found
 
 
+def store_arguments(store: object, expires: object, caller: str) -> tuple[ResultStore | None, float | None]:
+    """The ``store=`` and ``expires=`` of ``caller`` (``spawn()``, a task): the store (None for
+    None or False) and the seconds; ``expires=`` without a store is a ValueError."""
+    recorder = None if store is None or store is False else store_for(store)
+    until = optional_seconds(expires, "expires", positive=True)
+    if until is not None and recorder is None:
+        raise ValueError(f"expires= is for stored results: give {caller} a store= too")
+    return recorder, until
+
+
 def lookup(ident: str, store: object = None) -> ResultStore | None:
     """The store to ask for ``ident`` when this process does not know it: the one given, else the
     default store if one is configured or its file exists; None if there is none."""

@@ -31,9 +31,9 @@ from ._errors import close_coroutines
 from ._process import ProcessPool, _unpicklable, shared_pool
 from ._result import Owned, Result
 from ._state import PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
-from ._store import ResultStore, store_for
+from ._store import ResultStore, store_arguments
 from ._threads import POOL
-from ._validate import optional_seconds, seconds
+from ._validate import seconds
 from ._wrap import wrap
 
 if TYPE_CHECKING:
@@ -357,10 +357,7 @@ def task(
         ValueError: a bad timeout, or a timeout on an executor that cannot stop running work.
     """
     limit = check_time_limit(timeout)
-    recorded_in = None if store is None or store is False else store_for(store)
-    until = optional_seconds(expires, "expires", positive=True)
-    if until is not None and recorded_in is None:
-        raise ValueError("expires= is for stored results: give the task a store= too")
+    recorded_in, until = store_arguments(store, expires, "the task")
     if recorded_in is not None and _adapter_of(engine):
         raise ValueError(
             f"store= is for work asyncbridge runs; {_engine_name(engine)!r} keeps its results in its own "

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_Task = asyncio.Task
+
 
 def _cancel_on_loop(h: Result[Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
     if _get_running_loop() is loop:
@@ -94,8 +96,10 @@ def wrap_asyncio_future(fut: asyncio.Future[T]) -> Result[T]:
     """
     h: Result[T] = Wrapped()
     loop = fut.get_loop()
-    is_task = isinstance(fut, asyncio.Task)
-    label = "task " + fut.get_name() if isinstance(fut, asyncio.Task) else "asyncio future"
+    if type(fut) is _Task or isinstance(fut, _Task):
+        is_task, label = True, "task " + fut.get_name()
+    else:
+        is_task, label = False, "asyncio future"
     if fut.done():
         h._bind_future(label, fut, loop, False)
         h._adopt(fut)

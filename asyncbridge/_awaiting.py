@@ -54,7 +54,10 @@ class Awaiting(Generic[T]):
         ``concurrent.futures.CancelledError`` under trio (trio reserves its own ``Cancelled`` for
         cancel scopes).
         """
-        if self._st not in _TERMINAL:
+        st = self._st
+        if st is SUCCESS:  # done already: the commonest await of all, first
+            return self._value  # type: ignore[no-any-return]
+        if st not in _TERMINAL:
             src = self._src
             loop = _get_running_loop()
             if src is not None and loop is not None and self._loop is loop:

@@ -37,7 +37,7 @@ class ById:
         _id: str | None
         _label: str
         _loop: Any
-        _hooks: list[Callable[[], object]] | None
+        _hooks: Callable[[], object] | list[Callable[[], object]] | None
         _pversion: int
         _st: State
         _meta: Any
@@ -87,7 +87,7 @@ class ById:
         if forget is not None:
             self.__dict__["_engine_forget"] = forget
         self._loop = src._loop  # the same rule on where a thread may block for it
-        self._hooks = [src.cancel]
+        self._hooks = src.cancel
         src._watch(self._mirror)
         st, meta = src._st, src._meta
         if st is not PENDING:

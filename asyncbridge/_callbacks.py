@@ -79,6 +79,13 @@ class Callbacks(Generic[T]):
             raise TypeError(f"loop must be an asyncio event loop or None, not {type(loop).__qualname__}")
         if loop is None and _is_loop_bound(fn):
             loop = _get_running_loop()
+        self._register(fn, loop)
+
+    def _register(
+        self, fn: Callable[[Result[T]], object], loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """:meth:`add_done_callback` without its checks, for the package's own callbacks (a
+        composition's, on every member): ``fn`` runs as there, in the completing thread by default."""
         self._sync()
         pin = self._pin
         if pin is not None:

@@ -66,6 +66,8 @@ async def _await(awaitable: Awaitable[T]) -> T:
 def _as_handle(obj: Any) -> Result[Any]:
     """A handle for one member (checked by _members): wrap() what it knows, spawn other awaitables.
     An adapter's kind of work that is also awaitable (a Dask future) is the adapter's to wrap."""
+    if isinstance(obj, Result):
+        return obj
     if (
         inspect.isawaitable(obj)
         and not isinstance(obj, Result | asyncio.Future)
@@ -74,6 +76,9 @@ def _as_handle(obj: Any) -> Result[Any]:
     ):
         return spawn(_await(obj))
     return wrap(obj)
+
+
+_FUTURES = (Result, asyncio.Future, cf.Future)
 
 
 def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
@@ -86,7 +91,7 @@ def _members(objs: Any, caller: str, *, unique: bool = False) -> list[Any]:
         raise TypeError(f"{caller}() takes an iterable of handles, not {type(objs).__qualname__}") from None
     for m in members:
         if not (
-            isinstance(m, Result | asyncio.Future | cf.Future)
+            isinstance(m, _FUTURES)
             or inspect.isawaitable(m)
             or registry.wraps(m)  # an adapter's kind of work (a Celery result)
         ):
@@ -220,7 +225,7 @@ def gather(*members: Any, return_exceptions: bool = False) -> Result[Any]:
 
     out._on_cancel(lambda: [m.cancel() for m in handles])
     for h in handles:
-        h.add_done_callback(member_done)
+        h._register(member_done)
     return out
 
 
@@ -278,7 +283,7 @@ def wait(
         settle()
         return out
     for original, h in pairs:
-        h.add_done_callback(functools.partial(member_done, original))
+        h._register(functools.partial(member_done, original))
     if limit is not None and not out.done():
         if limit == 0:
             settle()
@@ -339,7 +344,7 @@ def race(*members: Any) -> Result[Any]:
 
     out._on_cancel(lambda: [m.cancel() for m in handles])
     for h in handles:
-        h.add_done_callback(member_done)
+        h._register(member_done)
     return out
 
 

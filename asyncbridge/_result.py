@@ -112,49 +112,54 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
     Every method is thread-safe.
     """
 
+    # What every handle uses lives in slots. What few handles use (progress, retries, time limits,
+    # state observers, cf.wait, a cancel request, a traceback) is a class-level default here and
+    # goes to the instance dict, which cf.Future's layout gives every handle, only when written:
+    # a pending handle stays small, and the moves below write those fields only when they are set.
     __slots__ = (
         "_activate",
         "_attempts",
         "_callbacks",
-        "_cancel_requested",
-        "_cond",
-        "_deadline",
         "_hooks",
         "_id",
         "_label",
         "_lock",
         "_loop",
-        "_meta",
-        "_pin",
         "_probe",
-        "_pversion",
-        "_pw",
         "_src",
         "_st",
-        "_state_name",
-        "_tb",
-        "_time_limit",
         "_value",
-        "_watchers",
         "_wl",
     )
 
     _st: State
     _value: Any
-    _tb: TracebackType | None
     _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
     _wl: Any  # None, one waiter (kept bare: most handles never have a second), or a list of them
-    _cond: threading.Condition | None
     _id: str | None
-    _hooks: list[Callable[[], object]] | None
+    # None, one hook (kept bare, as _wl), or a list of them
+    _hooks: Callable[[], object] | list[Callable[[], object]] | None
     _loop: Any
-    _meta: Any  # the latest progress dict, or the error of the last attempt while RETRY
     _label: str
-    _probe: Callable[[], bool] | None
+    _probe: Callable[[Any], bool] | None
     _src: Any
-    _cancel_requested: bool
-    # A failure no one has read yet, on handles that report it (see Owned): kept in the instance
-    # dict, which cf.Future's layout gives every handle, so that handles which never fail pay nothing.
+    _activate: Callable[[Result[T]], object] | None
+    _attempts: int
+    # The seldom-used fields, with their defaults (see __slots__).
+    _tb: TracebackType | None = None
+    _cond: threading.Condition | None = None
+    _cancel_requested: bool = False
+    _meta: Any = None  # the latest progress dict, or the error of the last attempt while RETRY
+    _time_limit: float | None = None  # an execution time limit, honoured by the adapter
+    _deadline: float | None = None  # monotonic time the current attempt runs out
+    _watchers: list[Callable[[Result[T], State, Any], object]] | None = None
+    _pw: list[Any] | None = None  # awaiters of the next progress report
+    _pversion: int = 0  # progress reports so far
+    _state_name: str | None = None  # an engine's own name for a PROGRESS-like state
+    # An engine that holds its handles weakly (a Celery listener: a dropped handle no one waits
+    # on should not be tracked for ever) is told when one gets a callback, to hold it strongly.
+    _pin: Callable[[Result[T]], object] | None = None
+    # A failure no one has read yet, on handles that report it (see Owned).
     _unread: _UnreadFailure | None = None
     _report_unread: bool = False
 
@@ -171,33 +176,23 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
         from any process; the record is the truth (UnknownResult once forgotten or expired).
         ``Result(task_id, app=engine)``: the handle of that engine's task (a Celery app: sent by
         this process or not)."""
-        # cf.Future.__init__ is skipped on purpose: see the module docstring.
-        self._lock = threading.Lock()
-        self._st = PENDING
-        self._value = None
-        self._tb = None
-        self._callbacks = None
-        self._wl = None
-        self._cond = None
-        self._id = None
-        self._hooks = None
-        self._loop = None
-        self._meta = None
-        self._label = ""
-        self._probe = None
-        self._src = None
-        self._activate: Callable[[Result[T]], object] | None = None
-        self._cancel_requested = False
-        self._attempts = 0
-        self._time_limit: float | None = None  # an execution time limit, honoured by the adapter
-        self._deadline: float | None = None  # monotonic time the current attempt runs out
-        self._watchers: list[Callable[[Result[T], State, Any], object]] | None = None
-        self._pw: list[Any] | None = None  # awaiters of the next progress report
-        self._pversion = 0  # progress reports so far
-        self._state_name: str | None = None  # an engine's own name for a PROGRESS-like state
-        # An engine that holds its handles weakly (a Celery listener: a dropped handle no one waits
-        # on should not be tracked for ever) is told when one gets a callback, to hold it strongly.
-        self._pin: Callable[[Result[T]], object] | None = None
+        # cf.Future.__init__ is skipped on purpose: see the module docstring. The fields are set
+        # through an alias: CPython 3.13+ sizes every instance's inline dict by the ``self.x = ``
+        # stores it finds in __init__, and these are all slots.
+        h = self
+        h._lock = threading.Lock()
+        h._st = PENDING
+        h._value = None
+        h._callbacks = None
+        h._wl = None
+        h._id = None
+        h._hooks = None
+        h._loop = None
+        h._label = ""
+        h._probe = None
+        h._src = None
+        h._activate = None
+        h._attempts = 0
         if task_id is not None or app is not None or store is not None:
             self._bind_task_id(task_id, app, store)
             self.__class__ = Wrapped  # the work completes it, not the caller
@@ -227,15 +222,21 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
         runner: Any,
         started: bool,
         activate: Callable[[Result[T]], object] | None = None,
+        probe: Callable[[Any], bool] | None = None,
+        cancel_hook: Callable[[], object] | None = None,
     ) -> None:
         """:meth:`_setup` and :meth:`_bind_source` in one call, for the built-in adapters' hot paths
-        (a wrapped asyncio or cf future, a coroutine's task): name, source, runner, started, and
-        a lazy binding, on a fresh handle."""
+        (a wrapped asyncio or cf future, a coroutine's task): name, source, runner, started, a
+        lazy binding, a probe and a cancel hook, on a fresh handle."""
         self._label = label
         self._src = source
         self._loop = runner
         if activate is not None:
             self._activate = activate
+        if probe is not None:
+            self._probe = probe
+        if cancel_hook is not None:
+            self._hooks = cancel_hook
         if started:
             self._enter_started()
 
@@ -245,7 +246,7 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
         runner: Any = None,
         *,
         started: bool = False,
-        probe: Callable[[], bool] | None = None,
+        probe: Callable[[Any], bool] | None = None,
         activate: Callable[[Result[T]], object] | None = None,
         cancel_hook: Callable[[], object] | None = None,
         pin: Callable[[Result[T]], object] | None = None,
@@ -260,7 +261,8 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
           and waits watch the loop), or a guard with ``check_can_block(handle, caller)`` (a trio
           run, an engine's own rule) and an optional true ``check_even_when_done``;
         - ``started``: the work already runs (an asyncio task, a running cf future);
-        - ``probe()``: asked, while PENDING, whether work that cannot report its start has started;
+        - ``probe(source)``: asked, while PENDING, whether work that cannot report its start has
+          started (given the ``source``, so that one function serves every handle of a kind);
         - ``activate(handle)``: a binding made lazily, once, before anything needs to be told;
         - ``cancel_hook``: as :meth:`_on_cancel`, set before anyone can cancel;
         - ``pin(handle)``: called once when the first callback is added (an engine that holds its
@@ -279,7 +281,7 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
         if activate is not None:
             self._activate = activate
         if cancel_hook is not None:
-            self._hooks = [cancel_hook]
+            self._hooks = cancel_hook
         if pin is not None:
             self._pin = pin
         if forget is not None:
@@ -441,10 +443,13 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
             if self._st in _TERMINAL:
                 return False
             if not self._cancel_requested:
-                if self._hooks is None:
-                    self._hooks = [hook]
+                hooks = self._hooks
+                if hooks is None:
+                    self._hooks = hook
+                elif isinstance(hooks, list):
+                    hooks.append(hook)
                 else:
-                    self._hooks.append(hook)
+                    self._hooks = [hooks, hook]
                 return True
         self._run_hook(hook)
         return True
@@ -478,7 +483,8 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
     def _store(self, value: Any, tb: TracebackType | None) -> tuple[Any, Any]:
         """Keep the outcome and take what must be woken; the caller holds the lock and has moved."""
         self._value = value
-        self._tb = tb
+        if tb is not None:
+            self._tb = tb
         self._hooks = None
         self._src = None  # the source is done: drop it (and what it holds)
         self._probe = None
@@ -490,8 +496,10 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
             self._wl = None
         callbacks = self._callbacks
         self._callbacks = None
-        self._watchers = None
-        self._deadline = None
+        if self._watchers is not None:
+            self._watchers = None
+        if self._deadline is not None:
+            self._deadline = None
         pw = self._pw
         if pw:  # progress() readers wake to see the end
             self._pw = None
@@ -519,21 +527,27 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
                     LOGGER.exception("exception while waking a waiter of %r", self)
         if callbacks:
             for fn, loop in callbacks:
-                self._dispatch(fn, loop)
+                if loop is not None:
+                    self._dispatch(fn, loop)
+                    continue
+                try:  # _invoke, inlined: a composition runs one such callback per member
+                    fn(self)
+                except BaseException:
+                    LOGGER.exception("exception calling done-callback %r of %r", fn, self)
 
     def _sync(self) -> None:
         """Bring the handle up to date with its source before it is read or waited on.
 
         Two adapter seams: ``_activate(handle)``, a binding made lazily (an asyncio future awaited
         only on its own loop needs no done-callback at all: the await reads the future directly), run
-        once before anything else needs the handle to be told; and ``_probe()``, for a source that
+        once before anything else needs the handle to be told; and ``_probe(source)``, for a source that
         cannot report its start (a foreign cf.Future), asked whether it runs. Never called with the
         lock held.
         """
         if self._activate is not None:
             self._bind_now()
         probe = self._probe
-        if probe is not None and self._st is PENDING and probe():
+        if probe is not None and self._st is PENDING and probe(self._src):
             self._set_started()
 
     def _bind_now(self) -> None:
@@ -615,7 +629,7 @@ class Result(Reading, ById, Callbacks[T], Blocking[T], Awaiting[T], Progress, Cf
         if taken is not None:
             self._notify(REVOKED, *taken)
         elif hooks is not None:
-            for hook in hooks:
+            for hook in hooks if isinstance(hooks, list) else (hooks,):
                 self._run_hook(hook)
         return True
 

@@ -438,7 +438,7 @@ class _Job:
         h._bind_source(probe=self._inner_started)
         self._attempt()
 
-    def _inner_started(self) -> bool:
+    def _inner_started(self, _source: object) -> bool:
         inner = self.inner
         return inner is not None and inner.state is not PENDING
 

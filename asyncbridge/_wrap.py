@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_Task = asyncio.Task
+
 
 @overload
 def wrap(obj: Result[T]) -> Result[T]: ...
@@ -51,6 +53,11 @@ def wrap(obj: Awaitable[T] | cf.Future[T] | object) -> Result[Any]:
     Raises:
         TypeError: ``obj`` is none of these; the message names its type.
     """
+    cls = type(obj)
+    if cls is cf.Future:  # the commonest kinds first, by exact type: one comparison each
+        return wrap_cf_future(obj)  # type: ignore[arg-type]  # the exact type, tested
+    if cls is _Task:
+        return wrap_asyncio_future(obj)  # type: ignore[arg-type]
     if isinstance(obj, Result):  # before cf.Future: a Result is one
         return obj
     if isinstance(obj, asyncio.Future):

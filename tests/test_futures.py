@@ -85,3 +85,83 @@ async def test_await_a_pending_future_completed_by_a_thread() -> None:
         h = ab.wrap(pool.submit(lambda: (gate.wait(10), 42)[1]))
         gate.set()
         assert await h == 42
+
+
+class _OwnFuture(cf.Future[object]):
+    """A cf.Future subclass, as pebble's and loky's are: wrapped through its own methods."""
+
+    def running(self) -> bool:
+        self.asked = True
+        return super().running()
+
+
+FUTURE_TYPES = [pytest.param(cf.Future, id="stdlib"), pytest.param(_OwnFuture, id="subclass")]
+
+
+@pytest.mark.parametrize("make", FUTURE_TYPES)
+def test_a_future_done_before_it_is_wrapped_gives_a_done_handle(make: type[cf.Future[object]]) -> None:
+    ok, failed, cancelled = make(), make(), make()
+    ok.set_result("value")
+    err = KeyError("gone")
+    failed.set_exception(err)
+    cancelled.cancel()
+    h_ok, h_failed, h_cancelled = ab.wrap(ok), ab.wrap(failed), ab.wrap(cancelled)
+    assert h_ok.state is ab.State.SUCCESS and h_ok.get(0) == "value"
+    assert h_failed.state is ab.State.FAILURE and h_failed.exception() is err
+    assert h_cancelled.state is ab.State.REVOKED and h_cancelled.cancelled()
+    assert not h_ok.cancel()  # done: nothing to cancel
+
+
+@pytest.mark.parametrize("make", FUTURE_TYPES)
+def test_a_future_that_starts_after_it_is_wrapped_is_seen_started(make: type[cf.Future[object]]) -> None:
+    fut = make()
+    h = ab.wrap(fut)
+    assert h.state is ab.State.PENDING
+    assert fut.set_running_or_notify_cancel()
+    assert h.state is ab.State.STARTED and h.running()
+    assert h.cancel()  # the request is recorded, but a running future is out of reach
+    assert not fut.cancelled() and h.state is ab.State.STARTED
+    fut.set_result(7)
+    assert h.get(0) == 7
+    if make is _OwnFuture:
+        assert fut.asked  # the subclass's own running() was asked
+
+
+@pytest.mark.parametrize("make", FUTURE_TYPES)
+def test_a_running_future_wrapped_is_started_at_once(make: type[cf.Future[object]]) -> None:
+    fut = make()
+    fut.set_running_or_notify_cancel()
+    h = ab.wrap(fut)
+    assert h.state is ab.State.STARTED
+    fut.set_exception(OSError("late"))
+    assert isinstance(h.exception(), OSError)
+
+
+@pytest.mark.parametrize("make", FUTURE_TYPES)
+def test_cancelling_the_handle_of_a_pending_future_cancels_the_future(make: type[cf.Future[object]]) -> None:
+    fut = make()
+    h = ab.wrap(fut)
+    assert h.cancel()
+    assert fut.cancelled() and h.state is ab.State.REVOKED
+    assert not fut.set_running_or_notify_cancel()  # an executor now skips it
+
+
+@pytest.mark.parametrize("make", FUTURE_TYPES)
+def test_a_future_completed_by_many_threads_racing_the_wrap_is_never_lost(
+    make: type[cf.Future[object]],
+) -> None:
+    # The future completes while wrap() binds to it: every handle must end with the value.
+    for _ in range(200):
+        fut = make()
+        go = threading.Barrier(2)
+
+        def finish(f: cf.Future[object] = fut, barrier: threading.Barrier = go) -> None:
+            barrier.wait()
+            f.set_result("raced")
+
+        t = threading.Thread(target=finish)
+        t.start()
+        go.wait()
+        h = ab.wrap(fut)
+        t.join()
+        assert h.get(5) == "raced"

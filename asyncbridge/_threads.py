@@ -18,6 +18,8 @@ is completed directly. The pool also does what an executor cannot:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import contextvars
 import os
 import queue
@@ -30,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _blocking, _runtime as runtime
 from ._context import CURRENT, settle_failure
 from ._result import Owned, Result
-from ._signals import block_signals, unblock_signals
+from ._signals import MASK_WHILE_IDLE, block_signals, unblock_signals
 from ._validate import callable_arg
 
 P = ParamSpec("P")
@@ -68,7 +70,9 @@ class _ThreadPool:
 
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # One token per idle worker: deque's append and pop are atomic, and a worker going idle
+        # or a submit claiming one costs far less than a Semaphore's Condition would.
+        self._idle: collections.deque[None] = collections.deque()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._running: dict[int, Result[Any]] = {}  # thread ident -> handle being run
@@ -81,7 +85,9 @@ class _ThreadPool:
         if self._closed:
             raise RuntimeError("asyncbridge's thread pool is shut down (interpreter exit)")
         self._queue.put(item)
-        if not self._idle.acquire(blocking=False):
+        try:
+            self._idle.pop()
+        except IndexError:
             self._grow()
 
     def _grow(self) -> None:
@@ -102,7 +108,7 @@ class _ThreadPool:
         masked = False  # Ctrl-C blocked while idle, never while user code runs: see _signals
         try:
             while True:
-                if queue.empty():
+                if MASK_WHILE_IDLE and queue.empty():
                     if not masked:
                         block_signals()
                         masked = True
@@ -121,7 +127,7 @@ class _ThreadPool:
                     ctx.run(_run_item, h, fn, args, kwargs)
                     del running[ident]
                 del h, ctx, fn, args, kwargs  # drop references before idling
-                self._idle.release()
+                self._idle.append(None)
                 if self._too_many():
                     return
         finally:
@@ -136,7 +142,8 @@ class _ThreadPool:
             if len(self._threads) <= self._max + self._lent:
                 return False
             self._threads.discard(threading.current_thread())
-        self._idle.acquire(blocking=False)  # this thread is no longer idle capacity
+        with contextlib.suppress(IndexError):
+            self._idle.pop()  # this thread is no longer idle capacity
         return True
 
     def block_hook(self) -> Callable[[], None] | None:

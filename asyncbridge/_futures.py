@@ -4,10 +4,10 @@ A foreign future cannot report when it starts running, so the handle asks it (it
 read. ``cancel()`` forwards to ``future.cancel()``: a pending future is cancelled, a running one is out
 of reach and the handle reports how it really ended.
 
-The stdlib's own ``cf.Future`` (by far the most common) is bound in one pass under its lock, reading
-its fields directly, as ``cf.wait`` does: its ``done()``, ``running()`` and ``add_done_callback()``
-each take that lock through a Python-level ``Condition``, which would cost more than the handle
-itself. A subclass (pebble's, loky's) may override those methods, so it goes through them.
+The stdlib's own ``cf.Future`` (by far the most common) is bound by reading its fields directly:
+its ``done()``, ``running()`` and ``add_done_callback()`` each take its lock through a Python-level
+``Condition``, which would cost more than the handle itself. A subclass (pebble's, loky's) may
+override those methods, so it goes through them.
 """
 
 from __future__ import annotations
@@ -52,32 +52,38 @@ def _runs_any(fut: cf.Future[Any]) -> bool:  # a subclass's probe: through its o
     return fut.running()
 
 
+def _adopt_done(h: Result[Any], fut: cf.Future[Any]) -> None:
+    """End ``h`` as the done stdlib future ``fut`` ended, from its fields: a future sets its result
+    or exception before its final state, and neither changes after."""
+    state = fut._state
+    if state == FINISHED:
+        exc = fut._exception
+        if exc is None:
+            h._set_result(fut._result)
+        else:
+            h._set_exception(exc)
+    else:  # CANCELLED, or CANCELLED_AND_NOTIFIED
+        h._set_cancelled()
+
+
 def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     """A handle mirroring ``fut``; callbacks on it run where ``fut``'s callbacks run."""
     h: Wrapped[T] = Wrapped()
     link = _Link(h)
     if type(fut) is cf.Future:
-        cond = fut._condition
-        cond.acquire()
-        try:
-            state = fut._state
-            if state in (PENDING, RUNNING):
-                # bound before the future can call back: it may complete as soon as this is released
-                h._bind_future("future", fut, None, state == RUNNING, None, _runs, link)
-                fut._done_callbacks.append(link)  # type: ignore[attr-defined]
+        state = fut._state
+        if state in (PENDING, RUNNING):
+            # Bound before the future can call back, then one re-check. No need for the future's
+            # lock (its Condition would cost more than the handle): appending to its callback list
+            # is atomic, and a future that ended between the two reads may or may not call the
+            # link, so the re-check adopts it too; ending a handle twice is a no-op.
+            h._bind_future("future", fut, None, state == RUNNING, None, _runs, link)
+            fut._done_callbacks.append(link)  # type: ignore[attr-defined]
+            if fut._state in (PENDING, RUNNING):
                 return h
-            exc = fut._exception
-            value = fut._result
-        finally:
-            cond.release()
-        h._setup("future")
-        if state == FINISHED:
-            if exc is None:
-                h._set_result(value)  # type: ignore[arg-type]  # FINISHED without an exception: a T
-            else:
-                h._set_exception(exc)
-        else:  # CANCELLED, or CANCELLED_AND_NOTIFIED
-            h._set_cancelled()
+        else:
+            h._setup("future")
+        _adopt_done(h, fut)
         return h
     if not fut.done():
         h._bind_future("future", fut, None, fut.running(), None, _runs_any, link)

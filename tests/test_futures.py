@@ -151,7 +151,7 @@ def test_a_future_completed_by_many_threads_racing_the_wrap_is_never_lost(
     make: type[cf.Future[object]],
 ) -> None:
     # The future completes while wrap() binds to it: every handle must end with the value.
-    for _ in range(200):
+    for _ in range(2000):
         fut = make()
         go = threading.Barrier(2)
 

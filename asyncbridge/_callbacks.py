@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._state import _TERMINAL, State
 from ._validate import callable_arg
@@ -52,6 +52,8 @@ class Callbacks(Generic[T]):
         _st: State
         _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
         _pin: Callable[[Result[T]], object] | None
+        _activate: Callable[[Result[T]], object] | None
+        _probe: Callable[[Any], bool] | None
 
         def _sync(self) -> None: ...
     else:
@@ -86,7 +88,8 @@ class Callbacks(Generic[T]):
     ) -> None:
         """:meth:`add_done_callback` without its checks, for the package's own callbacks (a
         composition's, on every member): ``fn`` runs as there, in the completing thread by default."""
-        self._sync()
+        if self._activate is not None or self._probe is not None:  # _sync's own tests, first
+            self._sync()
         pin = self._pin
         if pin is not None:
             self._pin = None

@@ -14,7 +14,10 @@ import concurrent.futures as cf
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._state import _CF_STATE, FAILURE, PENDING, REVOKED, State
+from ._state import _CF_STATE, FAILURE, PENDING, REVOKED, SUCCESS, State
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 T = TypeVar("T")
 
@@ -34,6 +37,7 @@ class CfFuture(Generic[T]):
         def _bind_now(self) -> None: ...
         def _set_started(self) -> bool: ...
         def _set_result(self, value: T) -> bool: ...
+        def _finish(self, to: State, value: Any, tb: TracebackType | None) -> bool: ...
         def _set_exception(self, exc: BaseException) -> bool: ...
     else:
         __slots__ = ()
@@ -102,7 +106,7 @@ class CfFuture(Generic[T]):
 
     def set_result(self, result: T) -> None:
         """Complete the handle with ``result``. Raises ``InvalidStateError`` if already done."""
-        if not self._set_result(result):
+        if not self._finish(SUCCESS, result, None):
             raise cf.InvalidStateError(f"{self!r} is already done")
 
     def set_exception(self, exception: BaseException | None) -> None:

@@ -337,8 +337,12 @@ class Machine(Generic[T]):
 
     def _finish(self, to: State, value: Any, tb: TracebackType | None) -> bool:
         with self._lock:
-            if not self._may_move(to):
+            # _may_move's tests, inlined on the path every handle takes once (it raises the error)
+            frm = self._st
+            if frm in _TERMINAL:
                 return False
+            if to not in _MOVES[frm]:
+                self._may_move(to)
             waiters, callbacks = self._store(value, tb)
             if to is FAILURE and self._report_unread:
                 # under the lock, before the move: a reader that sees FAILURE finds it to clear

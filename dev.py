@@ -7,6 +7,11 @@ Each makes (or reuses) a virtual environment in .venv-<python version>, installs
 what that command needs, and runs it. Extra arguments go to the underlying tool (pytest, or the
 benchmark runner). ``--python PATH`` picks another interpreter, e.g. to run the suite on 3.13.
 
+``bench`` alone is the default run, about 3 minutes on 2 cores: every family and its headline
+groups, with fewer rounds and smaller blocks. ``bench --full`` runs every group with the most
+rounds (about 10 minutes), ``bench --quick`` is a smoke run (about a minute), and ``bench --only
+FAMILY ...`` picks families; ``bench --help`` lists the runner's options.
+
 ``--python 3.14`` (a bare version) takes ``python3.14`` from PATH if one runs, else pyenv's 3.14;
 failing both, Debian's build of that version from the unstable suite, fetched once into
 ~/.cache/asyncbridge/python3.14 (17 MB of packages, 52 MB unpacked, about 15 s): apt-get, with a

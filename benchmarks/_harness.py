@@ -9,6 +9,9 @@
   A memory block yields bytes per object.
 - Per candidate: the median and p90 of all its samples, the ratio of its median to the floor's
   median from the same run, and the min/max of its block medians as a noise gauge.
+- How much is measured is a :class:`Config`: :data:`DEFAULT`, :data:`FULL` or :data:`QUICK`. They
+  differ only in rounds, block sizes and whether the groups marked ``full_only`` run; the method
+  above is the same in all three.
 
 Async candidates run on a :class:`BenchLoop`: one loop in its own thread whose root task lives
 for the whole family, as an application's ``asyncio.run(main())`` does (anyio keeps its worker
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -56,7 +59,11 @@ PACKAGES = ("asyncbridge", "anyio", "trio", "unsync", "asgiref", "pebble", "loky
 
 @dataclass(frozen=True)
 class Config:
-    """How much to measure. ``QUICK`` is the CI smoke run; ``FULL`` the default."""
+    """How much to measure: :data:`DEFAULT` (``python -m benchmarks``), :data:`FULL` (``--full``) or
+    :data:`QUICK` (``--quick``, the smoke run). Every config runs every family, with the same method;
+    the runs differ in rounds and block sizes, and the default and quick runs leave out the groups
+    marked :attr:`Group.full_only` (the extra sizes of a family that measures several). A family that
+    sizes a group by hand looks its sizes up by :attr:`name`, falling back to the full run's."""
 
     name: str
     rounds: int
@@ -66,6 +73,13 @@ class Config:
     throughput_rounds: int
     memory_objects: int
     memory_rounds: int
+    full_groups: bool  # also run the groups marked ``full_only``
+    hang_timeout: float  # seconds: past this, dump every thread's stack and exit 1
+    about: str = ""  # one line for the plan printed before the run
+
+    def pick(self, sizes: Mapping[str, T]) -> T:
+        """``sizes[self.name]``, else the full run's (``sizes["full"]``)."""
+        return sizes.get(self.name, sizes["full"])
 
 
 QUICK = Config(
@@ -77,6 +91,22 @@ QUICK = Config(
     throughput_rounds=3,
     memory_objects=20_000,
     memory_rounds=1,
+    full_groups=False,
+    hang_timeout=180,
+    about="a smoke run: few rounds, small blocks; its figures are not for quoting",
+)
+DEFAULT = Config(
+    name="default",
+    rounds=15,
+    latency_ops=400,
+    inner=20,
+    throughput_calls=10_000,
+    throughput_rounds=3,
+    memory_objects=20_000,
+    memory_rounds=2,
+    full_groups=False,
+    hang_timeout=600,
+    about="every family and its headline groups, with fewer rounds and smaller blocks than --full",
 )
 FULL = Config(
     name="full",
@@ -87,7 +117,29 @@ FULL = Config(
     throughput_rounds=20,
     memory_objects=100_000,
     memory_rounds=3,
+    full_groups=True,
+    hang_timeout=1800,
+    about="every group, with the most rounds: the figures the README quotes",
 )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a family runs, for the plan printed before a run starts (building a family starts its
+    servers and pools, so the plan cannot ask the family itself): ``groups``, how many groups it
+    makes in the full run, ``full_only`` of them only there; ``seconds``, its wall time per config
+    name (set-up and teardown included), measured on 2 cores (``results.json`` records every
+    family's, in ``meta.family_seconds``: update these from a run when a family changes)."""
+
+    groups: int
+    full_only: int = 0
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+    def groups_in(self, cfg: Config) -> int:
+        return self.groups - (0 if cfg.full_groups else self.full_only)
+
+    def seconds_in(self, cfg: Config) -> float | None:
+        return self.seconds.get(cfg.name)
 
 
 @dataclass
@@ -113,17 +165,21 @@ class Group:
     rounds: int
     unit: Literal["s", "B"] = "s"
     note: str = ""
+    full_only: bool = False  # run by the full config only (see Config)
 
 
 @dataclass
 class Family:
-    """A module's benchmarks: ``build`` makes its groups and registers their teardown on ``stack``;
-    ``summary``, if given, makes one more table (a rich renderable) from the family's results."""
+    """A module's benchmarks: ``build`` makes its groups and registers their teardown on ``stack``
+    (the runner drops the groups marked ``full_only`` unless the config runs them); ``summary``, if
+    given, makes one more table (a rich renderable) from the family's results; ``estimate`` says
+    what it runs and how long it takes, for the plan printed before a run."""
 
     key: str
     title: str
     build: Callable[[Config, ExitStack], list[Group]]
     summary: Callable[[list[GroupResult]], Any] | None = None
+    estimate: Estimate = field(default_factory=lambda: Estimate(groups=1))
 
 
 def have(package: str) -> bool:

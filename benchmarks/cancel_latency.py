@@ -48,7 +48,18 @@ from typing import TYPE_CHECKING
 
 import asyncbridge as ab
 
-from ._harness import BenchLoop, Block, Candidate, Config, Family, Group, have, perf_counter, skipped
+from ._harness import (
+    BenchLoop,
+    Block,
+    Candidate,
+    Config,
+    Estimate,
+    Family,
+    Group,
+    have,
+    perf_counter,
+    skipped,
+)
 from ._work import pause, spin, spin_checkpoint, spin_event
 from .process_hop import START_METHOD, WORKERS, warm
 
@@ -57,7 +68,7 @@ if TYPE_CHECKING:
     from contextlib import ExitStack
 
 #: Samples per block and rounds, per run size: each sample starts, and may kill, a worker.
-SIZES = {"full": (8, 5), "quick": (3, 2)}
+SIZES = {"full": (8, 5), "default": (5, 3), "quick": (3, 2)}
 #: pebble's manager thread looks for cancelled tasks this often (``pebble.common.CONSTS.sleep_unit``).
 PEBBLE_PERIOD = 0.1
 #: A sample that waits longer than this for the work to start or stop is a hang.
@@ -131,7 +142,7 @@ def ab_block(submit: Callable[[str], ab.Result[None]], lock: Lock) -> Block:
 
 
 def _process_group(cfg: Config, stack: ExitStack, locks: Callable[[str], Lock]) -> Group:
-    ops, rounds = SIZES.get(cfg.name, SIZES["full"])
+    ops, rounds = cfg.pick(SIZES)
     ctx = multiprocessing.get_context(START_METHOD)
 
     def pool(grace: float) -> ab.ProcessPool:
@@ -336,4 +347,9 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     return [_process_group(cfg, stack, locks), _thread_group(cfg, stack, locks)]
 
 
-FAMILY = Family("cancel-latency", "Cancel latency", build)
+FAMILY = Family(
+    "cancel-latency",
+    "Cancel latency",
+    build,
+    estimate=Estimate(groups=2, seconds={"quick": 7, "default": 13, "full": 27}),
+)

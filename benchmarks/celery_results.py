@@ -48,6 +48,7 @@ from ._harness import (
     Block,
     Candidate,
     Config,
+    Estimate,
     Family,
     Group,
     GroupResult,
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CONCURRENCY = 2
 #: Concurrent group: tasks per block (the issue's 1,000; fewer in the quick run).
-TASKS = {"full": 1_000, "quick": 200}
+TASKS = {"full": 1_000, "default": 1_000, "quick": 200}
 #: Seconds between two counts of the threads alive during a concurrent wait.
 SAMPLE_EVERY = 0.002
 #: Seconds a blocking ``r.get()`` may wait (a hang fails the block instead of the loop).
@@ -220,7 +221,7 @@ def _groups(cfg: Config, blocks: dict[str, Block | None], skip: str) -> list[Gro
     def cand(name: str, role: Role, note: str = "") -> Candidate:
         return Candidate(name, blocks.get(name), role, note, skip=skip)
 
-    tasks = TASKS.get(cfg.name, TASKS["full"])
+    tasks = cfg.pick(TASKS)
     executor = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default max_workers
     return [
         Group(
@@ -401,4 +402,10 @@ def summary(results: list[GroupResult]) -> Table | None:
     return t
 
 
-FAMILY = Family("celery", "Celery results", build, summary)
+FAMILY = Family(
+    "celery",
+    "Celery results",
+    build,
+    summary,
+    estimate=Estimate(groups=2, seconds={"quick": 10, "default": 32, "full": 115}),
+)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import asyncbridge as ab
 
-from ._harness import BenchLoop, Candidate, Config, Family, Group, noop_coro, perf_counter
+from ._harness import BenchLoop, Candidate, Config, Estimate, Family, Group, noop_coro, perf_counter
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -192,4 +192,9 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     return [_pending(cfg, bench, stack), _done(cfg, bench), _task(cfg, bench)]
 
 
-FAMILY = Family("cf-await", "cf -> await", build)
+FAMILY = Family(
+    "cf-await",
+    "cf -> await",
+    build,
+    estimate=Estimate(groups=3, seconds={"quick": 1, "default": 7, "full": 28}),
+)

@@ -1,5 +1,7 @@
 """Composition scaling: ``ab.gather`` and ``ab.as_completed`` over N handles, N up to 100,000.
 
+N is 1,000, 10,000 and, in the full run only (``--full``), 100,000.
+
 Each block makes N pending objects (untimed), then times: composing them, a completer thread
 finishing every one of them, and the composite's end reaching the caller. The figure is that time
 divided by N; one group per N, each with its own floor, so the ratio compares equal work.
@@ -28,7 +30,7 @@ from rich.table import Table
 
 import asyncbridge as ab
 
-from ._harness import BenchLoop, Block, Candidate, Config, Family, Group, perf_counter
+from ._harness import BenchLoop, Block, Candidate, Config, Estimate, Family, Group, perf_counter
 from ._report import fmt
 
 if TYPE_CHECKING:
@@ -37,9 +39,11 @@ if TYPE_CHECKING:
 
     from ._harness import GroupResult
 
-#: N per run size, and rounds per N (fewer for the big ones: each block makes N objects).
-SIZES = {"full": (1_000, 10_000, 100_000), "quick": (1_000, 10_000)}
+#: The Ns, and the most rounds per N (fewer for the big ones: each block makes N objects).
+SIZES = (1_000, 10_000, 100_000)
 ROUNDS = {1_000: 15, 10_000: 8, 100_000: 4}
+#: The Ns that only the full run measures (the default and quick runs stop at 10,000).
+FULL_ONLY = frozenset({100_000})
 #: Per-item time at the largest N over that at the smallest: above this, "not linear".
 LINEAR_LIMIT = 1.5
 
@@ -180,14 +184,13 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     bench = stack.enter_context(BenchLoop())
     completer = Completer()
     stack.callback(completer.close)
-    sizes = SIZES.get(cfg.name, SIZES["full"])
     groups = []
-    for n in sizes:
-        rounds = min(ROUNDS[n], cfg.rounds)
-        groups.append(_gather(bench, completer, n, rounds))
-    for n in sizes:
-        rounds = min(ROUNDS[n], cfg.rounds)
-        groups.append(_as_completed(completer, n, rounds))
+    for n in SIZES:
+        groups.append(_gather(bench, completer, n, min(ROUNDS[n], cfg.rounds)))
+    for n in SIZES:
+        groups.append(_as_completed(completer, n, min(ROUNDS[n], cfg.rounds)))
+    for g in groups:
+        g.full_only = g.ops in FULL_ONLY
     return groups
 
 
@@ -241,4 +244,10 @@ def summary(results: list[GroupResult]) -> Table | None:
     return t
 
 
-FAMILY = Family("compose", "Composition scaling", build, summary)
+FAMILY = Family(
+    "compose",
+    "Composition scaling",
+    build,
+    summary,
+    estimate=Estimate(groups=6, full_only=2, seconds={"quick": 2, "default": 7, "full": 29}),
+)

@@ -66,6 +66,7 @@ from ._harness import (
     Block,
     Candidate,
     Config,
+    Estimate,
     Family,
     Group,
     GroupResult,
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
     from contextlib import ExitStack
 
 #: Concurrent group: tasks per block (the issue's 1,000; fewer in the quick run).
-TASKS = {"full": 1_000, "quick": 200}
+TASKS = {"full": 1_000, "default": 1_000, "quick": 200}
 #: Seconds from the start of one round trip to the start of the next: more than the 10 ms batching
 #: interval of a Client's messages to the scheduler (see the docstring), with room for the
 #: synchronous client's loop thread to send a little after ``submit()`` returns.
@@ -205,7 +206,7 @@ def _groups(cfg: Config, blocks: dict[str, Block | None], skip: str) -> list[Gro
     def cand(name: str, role: Role, note: str = "") -> Candidate:
         return Candidate(name, blocks.get(name), role, note, skip=skip)
 
-    tasks = TASKS.get(cfg.name, TASKS["full"])
+    tasks = cfg.pick(TASKS)
     executor = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default max_workers
     sync = "synchronous Client (its own loop thread)"
     return [
@@ -416,4 +417,10 @@ def summary(results: list[GroupResult]) -> Table | None:
     return t
 
 
-FAMILY = Family("dask", "Dask results", build, summary)
+FAMILY = Family(
+    "dask",
+    "Dask results",
+    build,
+    summary,
+    estimate=Estimate(groups=2, seconds={"quick": 11, "default": 31, "full": 65}),
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._harness import BenchLoop, Config, Family, Group, time_gather
+from ._harness import BenchLoop, Config, Estimate, Family, Group, time_gather
 from ._hops import hop_candidates
 
 if TYPE_CHECKING:
@@ -30,4 +30,9 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     ]
 
 
-FAMILY = Family("hop-throughput", "Thread hop throughput", build)
+FAMILY = Family(
+    "hop-throughput",
+    "Thread hop throughput",
+    build,
+    estimate=Estimate(groups=1, seconds={"quick": 2, "default": 17, "full": 117}),
+)

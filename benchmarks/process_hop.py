@@ -35,6 +35,7 @@ from ._harness import (
     Block,
     Candidate,
     Config,
+    Estimate,
     Family,
     Group,
     have,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 WORKERS = 2
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 #: Throughput: calls per block (the issue's 2,000; fewer in the quick run).
-TASKS = {"full": 2_000, "quick": 500}
+TASKS = {"full": 2_000, "default": 2_000, "quick": 500}
 
 
 def warm(submit: Callable[[], cf.Future[Any]], workers: int = WORKERS) -> None:
@@ -170,7 +171,7 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     throughput.insert(
         2, Candidate("ab.gather(*ab.run_in_process(noop)...)", bench.block(ab_gather), "asyncbridge")
     )
-    tasks = TASKS.get(cfg.name, TASKS["full"])
+    tasks = cfg.pick(TASKS)
     return [
         Group(
             title="await one no-op task in a worker process",
@@ -192,4 +193,9 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     ]
 
 
-FAMILY = Family("process-hop", "Process hop", build)
+FAMILY = Family(
+    "process-hop",
+    "Process hop",
+    build,
+    estimate=Estimate(groups=2, seconds={"quick": 3, "default": 9, "full": 41}),
+)

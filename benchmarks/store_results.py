@@ -42,9 +42,10 @@ optional dependency skips its candidates with the reason.
   within :data:`WAKE_REDIS_GOAL` of it.
 - *idle waiter*: a second helper (asyncbridge only, so nothing else runs in it) follows
   :data:`IDLE_WAITERS` PENDING records of the SQLite store, blocked in ``cf.wait`` on their
-  handles, for :data:`IDLE_SPAN` seconds in which nothing is written; its CPU time over that span
-  (``resource.getrusage(RUSAGE_SELF)`` in B: every thread of it, the store's watcher included) per
-  second of waiting is the sample, one per block. No floor; goal: under :data:`IDLE_GOAL` of one CPU.
+  handles, for :data:`IDLE_SPAN` seconds (2 s in the default run) in which nothing is written; its
+  CPU time over that span (``resource.getrusage(RUSAGE_SELF)`` in B: every thread of it, the
+  store's watcher included) per second of waiting is the sample, one per block. No floor; goal:
+  under :data:`IDLE_GOAL` of one CPU.
 
 Round-trip and wake-up blocks stop early once over :data:`BLOCK_BUDGET` (with :data:`MIN_SAMPLES`
 samples at least), so that a slow candidate (a disk busy with other work, a wake-up that falls back
@@ -78,9 +79,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._harness import (
+    QUICK,
     Block,
     Candidate,
     Config,
+    Estimate,
     Family,
     Group,
     GroupResult,
@@ -122,11 +125,12 @@ IDLE_GOAL = 0.01
 #: Seconds after which a round-trip or wake-up block stops early (with :data:`MIN_SAMPLES` at least),
 #: by configuration name: a slow candidate (a disk busy with other work, a wake-up that falls back to
 #: polling) must not make the family run for minutes.
-BLOCK_BUDGET = {"full": 1.0, "quick": 0.25}
+BLOCK_BUDGET = {"full": 1.0, "default": 0.35, "quick": 0.25}
 MIN_SAMPLES = 3
 #: Ops and rounds per group, by configuration name.
 SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "full": {"rt": (100, 5), "wake": (40, 5), "idle": (IDLE_OPS, 3)},
+    "default": {"rt": (50, 3), "wake": (20, 3), "idle": (20, 2)},
     "quick": {"rt": (20, 2), "wake": (10, 2), "idle": (IDLE_OPS, 1)},
 }
 
@@ -430,7 +434,7 @@ def ab_redis_unavailable() -> str:
 
 
 def _groups(cfg: Config, blocks: dict[str, Block], skips: dict[str, str]) -> list[Group]:
-    sizes = SIZES.get(cfg.name, SIZES["full"])
+    sizes = cfg.pick(SIZES)
 
     def cand(name: str, role: Role, note: str = "") -> Candidate:
         return Candidate(name, blocks.get(name), role, note, skip=skips.get(name, ""))
@@ -438,7 +442,7 @@ def _groups(cfg: Config, blocks: dict[str, Block], skips: dict[str, str]) -> lis
     rt_ops, rt_rounds = sizes["rt"]
     wake_ops, wake_rounds = sizes["wake"]
     idle_ops, idle_rounds = sizes["idle"]
-    budget = BLOCK_BUDGET.get(cfg.name, BLOCK_BUDGET["full"])
+    budget = cfg.pick(BLOCK_BUDGET)
     cut = f"a block stops after {budget:g} s (with {MIN_SAMPLES} samples at least)"
     rt_note = f"A's write + B's read, each timed in its own process (not the pipe between them); {cut}"
     wake_note = (
@@ -514,7 +518,7 @@ def _groups(cfg: Config, blocks: dict[str, Block], skips: dict[str, str]) -> lis
     ]
 
 
-ALL = [c.name for g in _groups(Config("x", 1, 1, 1, 1, 1, 1, 1), {}, {}) for c in g.candidates]
+ALL = [c.name for g in _groups(QUICK, {}, {}) for c in g.candidates]
 
 
 def _skips() -> dict[str, str]:
@@ -732,7 +736,7 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
             raise RuntimeError(f"the store family's processes did not start: {reason}")
 
         return _groups(cfg, {name: fail for name in ALL if name not in skips}, skips)
-    return _groups(cfg, _blocks(setup, BLOCK_BUDGET.get(cfg.name, BLOCK_BUDGET["full"])), skips)
+    return _groups(cfg, _blocks(setup, cfg.pick(BLOCK_BUDGET)), skips)
 
 
 # -- the summary ------------------------------------------------------------------------------------
@@ -801,4 +805,10 @@ def _goal(met: bool, text: str, measurable: bool = True) -> str:
     return f"{'met' if met else '[red]missed[/red]'}: {text}"
 
 
-FAMILY = Family("store", "The result store", build, summary)
+FAMILY = Family(
+    "store",
+    "The result store",
+    build,
+    summary,
+    estimate=Estimate(groups=5, seconds={"quick": 11, "default": 23, "full": 65}),
+)

@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING
 
 import asyncbridge as ab
 
-from ._harness import BenchLoop, Candidate, Config, Family, Group, have, noop_coro, skipped, time_each_sync
+from ._harness import (
+    BenchLoop,
+    Candidate,
+    Config,
+    Estimate,
+    Family,
+    Group,
+    have,
+    noop_coro,
+    skipped,
+    time_each_sync,
+)
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -80,4 +91,9 @@ def build(cfg: Config, stack: ExitStack) -> list[Group]:
     ]
 
 
-FAMILY = Family("sync-to-coro", "Sync -> coroutine", build)
+FAMILY = Family(
+    "sync-to-coro",
+    "Sync -> coroutine",
+    build,
+    estimate=Estimate(groups=1, seconds={"quick": 1, "default": 9, "full": 46}),
+)

@@ -83,8 +83,9 @@ class Awaiting(Generic[T]):
                             return value  # type: ignore[no-any-return]
                 if self._st not in _TERMINAL:
                     self._adopt(src)  # on its loop and done: safe to read here and now
-            else:
-                yield from self._wait_async(True)
+            else:  # _wait_async(True), inlined: one generator fewer per await
+                self._sync()
+                yield from park(self._add_waiter, self._remove_waiter, self.cancel, self)
         if self._st is SUCCESS:
             return self._value  # type: ignore[no-any-return]
         try:

@@ -229,7 +229,7 @@ class Machine(Generic[T]):
         then the caller must not run the work; False too, changing nothing, if it already runs (so
         an engine that learns of a start late just calls this). Starts the attempt's time limit."""
         with self._lock:
-            if not self._may_move(STARTED):
+            if self._st is not PENDING and not self._may_move(STARTED):  # PENDING: the common case
                 return False
             self._enter_started()
             watchers = self._watchers

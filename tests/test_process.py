@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copyreg
+import functools
 import multiprocessing
 import multiprocessing.managers
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -24,6 +26,9 @@ import pytest
 import workers
 
 import asyncbridge as ab
+from asyncbridge._process_slots import SENT, _Task
+
+HANG = 30.0  # a hang guard only
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +317,190 @@ async def test_awaiter_timeout_cancels_process_work(pool: ab.ProcessPool, manage
 def test_python_version_note() -> None:
     # The default start method is chosen explicitly, whatever the platform default.
     assert ab.ProcessPool(1).start_method == ("forkserver" if sys.platform != "win32" else "spawn")
+
+
+# -- the window: tasks queued in a worker's pipe, behind the task it runs ---------------------------
+
+
+class WatchedPool(ab.ProcessPool):
+    """A real pool that says when its manager has handed tasks out, so that a test can act once a
+    task waits in a worker's window (sent into its pipe) rather than in the pool's queue. It never
+    takes tasks back from a worker stuck on a long task (its stall is the hang guard): a task a test
+    saw in a window stays there until the worker answers it."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self._stall = HANG
+        self.handed = threading.Condition()
+
+    def _dispatch(self, now: float) -> None:
+        super()._dispatch(now)
+        with self.handed:
+            self.handed.notify_all()
+
+    def in_window(self, h: ab.Result[Any]) -> bool:
+        with self._lock:
+            windows = [entry for w in self._workers for entry in w.window]
+        return any(isinstance(e, _Task) and e.handle is h and e.state == SENT for e in windows)
+
+    def wait_in_window(self, *handles: ab.Result[Any]) -> None:
+        with self.handed:
+            assert self.handed.wait_for(lambda: all(self.in_window(h) for h in handles), HANG), handles
+
+
+def reported_pid(h: ab.Result[Any]) -> int:
+    """The pid a ``fault_workers.report_pid_and_wait`` task reports once it runs (hang guard)."""
+    pids: queue.SimpleQueue[int] = queue.SimpleQueue()
+    h.on_progress(lambda meta: pids.put(meta["pid"]))
+    meta = h.info  # a report that came before the observer was in place
+    if h.state is ab.State.PROGRESS and isinstance(meta, dict):
+        pids.put(meta["pid"])
+    return pids.get(timeout=HANG)
+
+
+def test_a_task_cancelled_in_a_workers_window_is_revoked_at_once_and_never_runs(manager: Any) -> None:
+    pool = WatchedPool(1)
+    release = manager.Event()
+    try:
+        started = manager.Event()
+        first = pool.submit(workers.wait_for, started, release)
+        assert started.wait(HANG)
+        ran = manager.Event()
+        queued = pool.submit(workers.wait_for, ran, release)
+        behind = pool.submit(workers.square, 5)
+        pool.wait_in_window(queued, behind)  # in the worker's pipe, behind the task it runs
+        assert queued.state is ab.State.PENDING
+        assert queued.cancel() and queued.state is ab.State.REVOKED  # the worker has not claimed it
+        release.set()
+        assert first.get(HANG) == "released"
+        assert behind.get(HANG) == 25  # the worker skipped the revoked task, and ran the next one
+        assert not ran.is_set()
+        assert queued.state is ab.State.REVOKED
+    finally:
+        release.set()
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+
+
+def test_a_worker_killed_with_tasks_in_its_window_fails_only_the_running_one(
+    manager: Any, tmp_path: Path
+) -> None:
+    """The tasks queued in a killed worker's pipe had not started: they go back to the queue and run
+    on the next worker, each exactly once (each counts its runs in a file of its own)."""
+    pool = WatchedPool(1)
+    release = manager.Event()
+    try:
+        running = pool.submit(fault_workers.report_pid_and_wait, release)
+        pid = reported_pid(running)
+        counters = [str(tmp_path / f"runs-{i}") for i in range(6)]
+        queued = [pool.submit(workers.fail_times, path, 0) for path in counters]
+        pool.wait_in_window(*queued)
+        os.kill(pid, signal.SIGKILL)
+        exc = running.exception(HANG)
+        assert isinstance(exc, ab.WorkerCrashed) and exc.pid == pid, repr(exc)
+        assert "SIGKILL" in str(exc)
+        assert [h.get(HANG) for h in queued] == ["succeeded on attempt 1"] * len(queued)
+        assert [Path(path).read_text() for path in counters] == ["x"] * len(counters)  # once each
+        assert pool.submit(workers.pid).get(HANG) != pid
+    finally:
+        release.set()
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+
+
+def test_a_task_in_a_workers_window_is_pending_until_the_worker_starts_it(manager: Any) -> None:
+    pool = WatchedPool(1)
+    release_first, release_second = manager.Event(), manager.Event()
+    try:
+        first_started, second_started = manager.Event(), manager.Event()
+        first = pool.submit(workers.wait_for, first_started, release_first)
+        assert first_started.wait(HANG)
+        second = pool.submit(workers.wait_for, second_started, release_second)
+        moves: list[ab.State] = []
+        began = threading.Event()
+
+        def watch(_h: object, st: ab.State, _info: object) -> None:
+            moves.append(st)
+            began.set()
+
+        second._watch(watch)
+        pool.wait_in_window(second)
+        assert first.state is ab.State.STARTED
+        assert second.state is ab.State.PENDING and not second.running()
+        assert not began.is_set()
+        release_first.set()
+        assert first.get(HANG) == "released"
+        assert began.wait(HANG) and moves == [ab.State.STARTED]  # once the worker began it
+        assert second_started.wait(HANG)
+        release_second.set()
+        assert second.get(HANG) == "released"
+    finally:
+        release_first.set()
+        release_second.set()
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+
+
+def note_step(steps: list[int], meta: dict[str, Any]) -> None:
+    steps.append(meta["step"])
+
+
+def test_progress_keeps_its_order_and_comes_at_once_when_tasks_are_batched(manager: Any) -> None:
+    pool = ab.ProcessPool(2)
+    gate, done, hold = manager.Event(), manager.Event(), manager.Event()
+    done.set()  # each of the batch ends as soon as it has reported
+    try:
+        steps = 20
+        handles = [pool.submit(workers.report_then_wait, done, steps, gate) for _ in range(30)]
+        seen: list[list[int]] = [[] for _ in handles]
+        for h, steps_seen in zip(handles, seen, strict=True):
+            h.on_progress(functools.partial(note_step, steps_seen))
+        # One more that reports and then holds on: its report must come while it runs.
+        held = pool.submit(workers.report_then_wait, hold, 1, gate)
+        reported = threading.Event()
+        held.on_progress(lambda _meta: reported.set())
+        gate.set()  # no report before every observer is in place
+        assert [h.get(HANG) for h in handles] == [steps] * len(handles)
+        assert seen == [list(range(steps))] * len(handles)  # every report, in order, before the end
+        assert reported.wait(HANG) and not held.done()
+        hold.set()
+        assert held.get(HANG) == 1
+    finally:
+        hold.set()
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+
+
+def test_tasks_queued_behind_a_long_task_run_on_another_worker(manager: Any) -> None:
+    """A worker stuck on a long task gives back the tasks queued in its pipe: the other worker runs
+    them all while the long one still runs."""
+    pool = ab.ProcessPool(2)
+    started, release = manager.Event(), manager.Event()
+    try:
+        long = pool.submit(workers.wait_for, started, release)
+        assert started.wait(HANG)
+        quick = [pool.submit(workers.square, i) for i in range(200)]
+        assert [h.get(HANG) for h in quick] == [i * i for i in range(200)]
+        assert not long.done()
+        release.set()
+        assert long.get(HANG) == "released"
+    finally:
+        release.set()
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+
+
+def test_shutdown_cancel_futures_revokes_tasks_in_a_workers_window(manager: Any) -> None:
+    pool = WatchedPool(1)
+    started, release = manager.Event(), manager.Event()
+    try:
+        running = pool.submit(workers.asks_politely, started, release)
+        assert started.wait(HANG)
+        queued = [pool.submit(workers.square, i) for i in range(4)]
+        pool.wait_in_window(*queued)
+        pool.shutdown(wait=False, cancel_futures=True)
+        assert all(h.state is ab.State.REVOKED for h in queued)  # at once, never started
+        assert not running.done() and not running.cancel_requested()
+        release.set()
+        assert running.get(HANG) == "ran to the end"
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
 
 
 # -- scripts of their own: fork, and what a user's main module does to process work ----------------

@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import multiprocessing
 import multiprocessing.managers
 import os
+import pathlib
 import queue
 import random
 import signal
@@ -361,11 +362,11 @@ def test_the_pool_recovers_after_its_manager_fails(
         real_read = pool._read
         injected: list[bool] = []
 
-        def read_once_failing(worker: Any, idle: Any) -> None:
+        def read_once_failing(worker: Any) -> None:
             if not injected:
                 injected.append(True)
                 raise RuntimeError("injected manager failure")
-            real_read(worker, idle)
+            real_read(worker)
 
         monkeypatch.setattr(pool, "_read", read_once_failing)
         victim = pool.submit(fw.square, 3)
@@ -451,6 +452,61 @@ def test_kill_storm(manager: Any) -> None:
         f"\n[kill storm] seed {seed}: {STORM_ROUNDS} x {STORM_TASKS} tasks, {STORM_ROUNDS * STORM_KILLS} "
         f"SIGKILLs, {STORM_ROUNDS * (STORM_TASKS - STORM_KILLS)} succeeded, {len(seen_pids)} worker pids, "
         f"0 hangs, {time.monotonic() - t0:.1f} s"
+    )
+
+
+# -- kills amid batched tasks ---------------------------------------------------------------------
+
+BATCH_TASKS = 400 * SOAK
+BATCH_KILL_EVERY = 40  # a kill after every this many tasks ended
+
+
+def test_kills_amid_batched_tasks_lose_none_and_run_none_twice(tmp_path: Any) -> None:
+    """Quick tasks stream through two workers, several queued in each worker's pipe at a time, while
+    a worker is SIGKILLed after every BATCH_KILL_EVERY tasks that end: wherever the kill lands (a task
+    running, a worker between tasks, claiming one, starting), only a task that was running may fail,
+    with WorkerCrashed; every other task runs exactly once and succeeds. Each task counts its runs in
+    a file of its own: none may count two."""
+    import workers  # type: ignore[import-not-found, unused-ignore]
+
+    rng = random.Random()
+    pool = ab.ProcessPool(2)
+    seen_pids: set[int] = set()
+    kills = 0
+    t0 = time.monotonic()
+    try:
+        counters = [str(tmp_path / f"runs-{i}") for i in range(BATCH_TASKS)]
+        handles = [pool.submit(workers.fail_times, path, 0) for path in counters]
+        for ended, _h in enumerate(cf.as_completed(handles, timeout=HANG * SOAK), 1):
+            if ended % BATCH_KILL_EVERY == 0:
+                pids = [w.pid for w in list(pool._workers)]
+                if pids:
+                    pid = rng.choice(pids)
+                    seen_pids.add(pid)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        kills += 1
+                    except ProcessLookupError:
+                        pass  # it died meanwhile (a kill before this one)
+        crashed = 0
+        for h, path in zip(handles, counters, strict=True):
+            runs = len(pathlib.Path(path).read_text()) if os.path.exists(path) else 0
+            assert runs <= 1, f"{h!r} ran {runs} times"
+            if h.state is S.SUCCESS:
+                assert h.result(0) == "succeeded on attempt 1" and runs == 1, (h.result(0), runs)
+            else:
+                exc = h.exception(0)
+                assert h.state is S.FAILURE and isinstance(exc, ab.WorkerCrashed), repr(exc)
+                crashed += 1
+        assert crashed <= kills, (crashed, kills)  # a kill fails at most the one task it interrupted
+        assert pool.submit(fw.square, 12).get(HANG) == 144
+        seen_pids.update(w.pid for w in pool._workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True, cancel_running=True)
+    assert not children_of_pool(seen_pids), "worker processes left behind"
+    print(
+        f"\n[kills amid batches] {BATCH_TASKS} tasks, {kills} SIGKILLs, {crashed} crashed, "
+        f"{BATCH_TASKS - crashed} ran once each, none twice; {time.monotonic() - t0:.1f} s"
     )
 
 

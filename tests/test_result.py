@@ -556,7 +556,8 @@ class _SetOnRecord(logging.Handler):
         self.event = event
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.event.set()
+        if record.name == "asyncbridge":
+            self.event.set()
 
 
 def _finished_and_dropped(
@@ -566,11 +567,14 @@ def _finished_and_dropped(
     nothing), drop the handle, and return once the handle is collected and its failure either
     logged or released (the test may keep it ``kept_elsewhere``). The handle's last holder may be
     another thread, which logs the failure after the handle's weak references are told it died:
-    waiting for the exception's release or its record makes the test's check see the final log."""
+    waiting for the exception's release or its record makes the test's check see the final log.
+    The record is awaited on the root logger, after pytest's own capturing handler there: a handler
+    on the "asyncbridge" logger would run before that one, and the test could read the captured
+    records while the logging thread had yet to reach it."""
     boom = Boom(message)
     settled = threading.Event()
     weakref.finalize(boom, settled.set)
-    logger = logging.getLogger("asyncbridge")
+    logger = logging.getLogger()
     on_record = _SetOnRecord(settled)
     logger.addHandler(on_record)
     try:

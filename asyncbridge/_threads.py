@@ -43,23 +43,29 @@ T = TypeVar("T")
 _Item = tuple[Result[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-def _run_item(h: Result[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    # Runs inside the item's copied context, so CURRENT is set for this work only.
+def _run_item(
+    h: Result[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bool, Any]:
+    """Run the work; return (True, value) or (False, exception), leaving the handle to the caller.
+    Runs inside the item's copied context, so CURRENT is set for this work only."""
     CURRENT.set(h)
+    del h  # this frame is in an error's traceback, which the handle keeps: it must not hold it
     try:
-        value = fn(*args, **kwargs)
+        return True, fn(*args, **kwargs)
     except BaseException as exc:
-        settle_failure(h, exc)
-        # This frame is in the error's traceback, which the handle keeps: drop the handle from it.
-        del h, exc
+        return False, exc
+
+
+def _complete(h: Result[Any], fn: Callable[..., Any], ok: bool, outcome: Any) -> None:
+    if not ok:
+        settle_failure(h, outcome)
+    elif type(outcome) is CoroutineType:  # an async function was passed: it never ran
+        outcome.close()
+        h._set_exception(
+            TypeError(f"{fn!r} returned a coroutine, which a thread cannot run; use asyncbridge.spawn()")
+        )
     else:
-        if type(value) is CoroutineType:  # an async function was passed: it never ran
-            value.close()
-            h._set_exception(
-                TypeError(f"{fn!r} returned a coroutine, which a thread cannot run; use asyncbridge.spawn()")
-            )
-        else:
-            h._set_result(value)
+        h._set_result(outcome)
 
 
 class _ThreadPool:
@@ -84,11 +90,11 @@ class _ThreadPool:
     def submit(self, item: _Item) -> None:
         if self._closed:
             raise RuntimeError("asyncbridge's thread pool is shut down (interpreter exit)")
-        self._queue.put(item)
         try:
             self._idle.pop()
         except IndexError:
             self._grow()
+        self._queue.put(item)  # last: it wakes a worker, which then needs no lock held here
 
     def _grow(self) -> None:
         with self._lock:
@@ -104,7 +110,7 @@ class _ThreadPool:
         ident = me.ident
         assert ident is not None
         self._local.worker = True
-        queue, running = self._queue, self._running
+        queue, running, idle = self._queue, self._running, self._idle
         masked = False  # Ctrl-C blocked while idle, never while user code runs: see _signals
         try:
             while True:
@@ -124,11 +130,20 @@ class _ThreadPool:
                 del item
                 if h._set_started():
                     running[ident] = h
-                    ctx.run(_run_item, h, fn, args, kwargs)
+                    ok, outcome = ctx.run(_run_item, h, fn, args, kwargs)
                     del running[ident]
+                    # Idle and counted before the handle ends, which wakes its waiters: whoever
+                    # submits next (the woken awaiter, at once) finds this worker free, and the
+                    # time between the wake-up and this thread's next wait is as short as it gets.
+                    idle.append(None)
+                    retire = self._too_many()
+                    _complete(h, fn, ok, outcome)
+                    del outcome
+                else:
+                    idle.append(None)
+                    retire = self._too_many()
                 del h, ctx, fn, args, kwargs  # drop references before idling
-                self._idle.append(None)
-                if self._too_many():
+                if retire:
                     return
         finally:
             with self._lock:

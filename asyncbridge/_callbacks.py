@@ -44,13 +44,20 @@ def _is_loop_bound(fn: Callable[..., object]) -> bool:
     return not getattr(target, "__qualname__", "").startswith("_chain_future.")
 
 
+def _entries(callbacks: Any) -> list[Any]:
+    """The callback entries a handle keeps (None, one, or a list), as a new list."""
+    if callbacks is None:
+        return []
+    return list(callbacks) if type(callbacks) is list else [callbacks]
+
+
 class Callbacks(Generic[T]):
     """The done-callbacks of :class:`asyncbridge.Result`."""
 
     if TYPE_CHECKING:  # what the mixin uses of the handle (whose __slots__ hold them)
         _lock: threading.Lock
         _st: State
-        _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
+        _callbacks: Any  # None, one entry or a list of them; an entry: fn, or (fn, loop)
         _pin: Callable[[Result[T]], object] | None
         _activate: Callable[[Result[T]], object] | None
         _probe: Callable[[Any], bool] | None
@@ -94,29 +101,34 @@ class Callbacks(Generic[T]):
         if pin is not None:
             self._pin = None
             pin(self)  # type: ignore[arg-type]  # a mixin of Result: self is one
+        # Kept as _wl is: no list for the one callback most handles get, no tuple without a loop.
+        entry = fn if loop is None else (fn, loop)
         with self._lock:
             if self._st not in _TERMINAL:
-                if self._callbacks is None:
-                    self._callbacks = [(fn, loop)]
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = entry
+                elif type(callbacks) is list:
+                    callbacks.append(entry)
                 else:
-                    self._callbacks.append((fn, loop))
+                    self._callbacks = [callbacks, entry]
                 return
         self._dispatch(fn, loop)
 
     def remove_done_callback(self, fn: Callable[[Result[T]], object]) -> int:
         """Remove every registration of ``fn`` not yet run; return how many were removed."""
         with self._lock:
-            callbacks = list(self._callbacks or ())
+            callbacks = _entries(self._callbacks)
         # Compare outside the lock: == is user code (an __eq__ may even call back into the handle).
-        doomed = {id(entry) for entry in callbacks if entry[0] == fn}
+        doomed = {id(entry) for entry in callbacks if (entry[0] if type(entry) is tuple else entry) == fn}
         if not doomed:
             return 0
         with self._lock:
-            current = self._callbacks
+            current = _entries(self._callbacks)
             if not current:
                 return 0  # they ran meanwhile
             kept = [entry for entry in current if id(entry) not in doomed]
-            self._callbacks = kept
+            self._callbacks = kept or None
             return len(current) - len(kept)
 
     def _dispatch(self, fn: Callable[[Result[T]], object], loop: asyncio.AbstractEventLoop | None) -> None:

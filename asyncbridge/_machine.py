@@ -42,7 +42,7 @@ class Machine(Generic[T]):
         _lock: threading.Lock
         _st: State
         _value: Any
-        _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
+        _callbacks: Any  # None, one entry or a list of them; an entry: fn, or (fn, loop)
         _wl: Any
         _id: str | None
         _hooks: Callable[[], object] | list[Callable[[], object]] | None
@@ -348,7 +348,7 @@ class Machine(Generic[T]):
                 # under the lock, before the move: a reader that sees FAILURE finds it to clear
                 self._unread = _UnreadFailure(value, tb, self)  # type: ignore[arg-type]  # a mixin of Result: self is one
             self._st = to  # last: see _may_move
-        if waiters is not None or callbacks:
+        if waiters is not None or callbacks is not None:
             self._notify(to, waiters, callbacks)
         return True
 
@@ -404,10 +404,10 @@ class Machine(Generic[T]):
                         waiter.add_cancelled(self)
                 except BaseException:
                     LOGGER.exception("exception while waking a waiter of %r", self)
-        if callbacks:
-            for fn, loop in callbacks:
-                if loop is not None:
-                    self._dispatch(fn, loop)
+        if callbacks is not None:  # None, one entry or a list: fn, or (fn, loop)
+            for fn in callbacks if type(callbacks) is list else (callbacks,):
+                if type(fn) is tuple:
+                    self._dispatch(*fn)
                     continue
                 try:  # _invoke, inlined: a composition runs one such callback per member
                     fn(self)

@@ -36,7 +36,6 @@ import threading
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable, Coroutine
     from types import TracebackType
 
@@ -126,7 +125,7 @@ class Result(
 
     _st: State
     _value: Any
-    _callbacks: list[tuple[Callable[[Result[T]], object], asyncio.AbstractEventLoop | None]] | None
+    _callbacks: Any  # None, one entry or a list of them; an entry: fn, or (fn, loop)
     _wl: Any  # None, one waiter (kept bare: most handles never have a second), or a list of them
     _id: str | None
     # None, one hook (kept bare, as _wl), or a list of them

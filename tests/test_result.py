@@ -673,3 +673,22 @@ async def _await(h: ab.Result[Any]) -> Any:
 def _raises(kind: type[BaseException], fn: Any, *args: Any) -> None:
     with pytest.raises(kind):
         fn(*args)
+
+
+def test_a_lone_callback_and_one_with_a_loop_are_removed_and_never_run() -> None:
+    # One callback is kept without a list, one with a loop as a pair: both shapes are removable.
+    loop = asyncio.new_event_loop()
+    try:
+        ran: list[object] = []
+        h: ab.Result[int] = ab.Result()
+        h.add_done_callback(ran.append)
+        assert h.remove_done_callback(ran.append) == 1
+        assert h.remove_done_callback(ran.append) == 0
+        h.add_done_callback(ran.append, loop=loop)
+        h.add_done_callback(ran.append)
+        assert h.remove_done_callback(ran.append) == 2
+        h.set_result(1)
+        loop.run_until_complete(asyncio.sleep(0))  # a loop callback that was left would run here
+        assert ran == []
+    finally:
+        loop.close()

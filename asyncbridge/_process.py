@@ -119,7 +119,15 @@ class ProcessPool(_Manager, cf.Executor):
         self._max = max_workers
         self._ctx = _pick_start_method(start_method)
         self.start_method: str = self._ctx.get_start_method()
-        self._lock = threading.Lock()
+        self._fresh_state()
+        self._seq = 0
+        self._closed = False
+        self._drop_queued = False
+        _POOLS.add(self)
+
+    def _fresh_state(self) -> None:
+        """No worker, no queue, no manager: a new pool's state, and a forked child's."""
+        self._lock = threading.Lock()  # in a child: a thread of the parent may have held it
         self._pending = collections.deque()
         self._starting = []
         self._commands = []
@@ -129,11 +137,7 @@ class ProcessPool(_Manager, cf.Executor):
         self._workers = []
         self._by_fd = {}
         self._poller = None
-        self._seq = 0
-        self._closed = False
-        self._drop_queued = False
         self._manager = None
-        _POOLS.add(self)
 
     # -- submitting -------------------------------------------------------------------------------
 
@@ -284,17 +288,7 @@ class ProcessPool(_Manager, cf.Executor):
                 _close_quietly(functools.partial(_close_sentinel, w.process))
         _close_quietly(functools.partial(os.close, self._wake_r))
         _close_quietly(functools.partial(os.close, self._wake_w))
-        self._workers = []
-        self._by_fd = {}
-        self._poller = None
-        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
-        self._pending = collections.deque()
-        self._starting = []
-        self._commands = []
-        self._retry = []
-        self._wake_r, self._wake_w = _wake_pipe()
-        self._wake_due = False
-        self._manager = None
+        self._fresh_state()
         gone = RuntimeError("the process forked while this work ran; it runs in the parent only")
         for task in running.values():
             task.handle._fail_in_forked_child(gone)

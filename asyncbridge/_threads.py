@@ -131,14 +131,13 @@ class _ThreadPool:
                 if h._set_started():
                     running[ident] = h
                     ok, outcome = ctx.run(_run_item, h, fn, args, kwargs)
-                    del running[ident]
-                    # Idle and counted before the handle ends, which wakes its waiters: whoever
-                    # submits next (the woken awaiter, at once) finds this worker free, and the
-                    # time between the wake-up and this thread's next wait is as short as it gets.
+                    # Idle before the handle ends: ending it wakes the awaiter, which may submit
+                    # its next call at once (waking a loop lets it take the GIL), and must find
+                    # this worker free. The rest waits until after that wake-up.
                     idle.append(None)
-                    retire = self._too_many()
                     _complete(h, fn, ok, outcome)
-                    del outcome
+                    del running[ident], outcome
+                    retire = self._too_many()
                 else:
                     idle.append(None)
                     retire = self._too_many()

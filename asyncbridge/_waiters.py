@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
 get_running_loop = asyncio._get_running_loop  # the C getter: no exception when there is no loop
+_get_ident = threading.get_ident
 
 
 class _ThreadWaiter:
@@ -41,17 +42,25 @@ def _wake_future(fut: asyncio.Future[None]) -> None:
 
 
 class _LoopWaiter:
-    """An ``await`` on an asyncio loop: completion sets ``fut`` on that loop's thread."""
+    """An ``await`` on an asyncio loop: completion sets ``fut`` on that loop's thread.
 
-    __slots__ = ("fut", "loop")
+    Made on the loop's thread, it keeps that thread's id: a completion there wakes the future
+    directly, and is told from one elsewhere by comparing ids, cheaper than asking for the running
+    loop (on Python 3.11 that asks the OS for the process id, in the completing thread's path)."""
+
+    __slots__ = ("fut", "loop", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
         self.loop = loop
         self.fut = fut
+        self.thread = _get_ident()
 
     def add_result(self, _h: object) -> None:
-        if get_running_loop() is self.loop:
-            _wake_future(self.fut)
+        if _get_ident() == self.thread:
+            try:
+                _wake_future(self.fut)
+            except RuntimeError:
+                pass  # "Event loop is closed": as below
             return
         try:
             self.loop.call_soon_threadsafe(_wake_future, self.fut)

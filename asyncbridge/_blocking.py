@@ -1,6 +1,6 @@
 """Blocking waits on a handle: ``get()``, ``result()``, ``exception()``, ``wait()``.
 
-A mixin of :class:`asyncbridge.Result` (the state machine is in ``_result.py``). A blocked thread
+A mixin of :class:`asyncbridge.Result` (the state machine is in ``_machine.py``). A blocked thread
 parks on a private lock that the handle's completion releases (cf's waiter protocol); it refuses,
 with a RuntimeError, a wait that could never end (on the event-loop thread that must run the work,
 or where an engine's own rule forbids it), waits in short slices in the main thread (Ctrl-C) and for

@@ -1,6 +1,6 @@
 """Done-callbacks: ``add_done_callback()`` and ``remove_done_callback()``.
 
-A mixin of :class:`asyncbridge.Result` (the state machine is in ``_result.py``, which runs the
+A mixin of :class:`asyncbridge.Result` (the state machine is in ``_machine.py``, which runs the
 callbacks it takes at the end, outside its lock, through ``_dispatch``). A callback runs in the
 thread that completes the work, or on the loop it was given; one that raises is logged and the
 others still run.

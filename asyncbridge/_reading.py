@@ -1,6 +1,6 @@
 """What a handle says about its work: ``id``, ``state``, ``info``, ``traceback``, ``done()``...
 
-A mixin of :class:`asyncbridge.Result` (the state machine is in ``_result.py``): Celery's reading
+A mixin of :class:`asyncbridge.Result` (the state machine is in ``_machine.py``): Celery's reading
 API and cf's predicates. Each brings the handle up to date with its source first (``_sync``), and
 reads without the handle's lock: a move stores its data before it sets the state.
 """

@@ -4,11 +4,12 @@
 traceback), its waiters (blocking ``get()`` calls, awaiters on any number of asyncio loops or trio
 runs, ``concurrent.futures.wait`` calls), its done-callbacks, and the cancellation request with the
 hooks that carry it to the work. Adapters bind a kind of work to a handle through the producer API
-below and nothing else (``asyncbridge.extension`` is its public face). The rest of the handle is
-mixins, one module each: ``_reading.py`` (``state``, ``info``, ``done()``...), ``_callbacks.py``,
-``_blocking.py`` (``get()`` and cf's readers), ``_awaiting.py`` (``await``, ``shield``),
-``_progress.py`` (progress observers) and ``_cf_compat.py`` (what cf's own functions read of a
-``cf.Future``, and its producer API).
+(``_machine.py``, with the moves; ``asyncbridge.extension`` is its public face) and nothing else.
+This module holds the fields and the constructor; the rest of the handle is mixins, one module
+each: ``_machine.py`` (the state machine), ``_reading.py`` (``state``, ``info``, ``done()``...),
+``_callbacks.py``, ``_blocking.py`` (``get()`` and cf's readers), ``_awaiting.py`` (``await``,
+``shield``), ``_progress.py`` (progress observers) and ``_cf_compat.py`` (what cf's own functions
+read of a ``cf.Future``, and its producer API).
 
 Design record (the figures are in the README's speed table):
 

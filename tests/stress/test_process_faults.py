@@ -396,6 +396,7 @@ def test_the_pool_recovers_after_its_manager_fails(
 # -- the kill storm ---------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(120 * SOAK)  # the soak's 50x rounds need the room
 def test_kill_storm(manager: Any) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -461,6 +462,7 @@ BATCH_TASKS = 400 * SOAK
 BATCH_KILL_EVERY = 40  # a kill after every this many tasks ended
 
 
+@pytest.mark.timeout(120 * SOAK)  # the soak's 20,000 tasks and 500 kills need the room
 def test_kills_amid_batched_tasks_lose_none_and_run_none_twice(tmp_path: Any) -> None:
     """Quick tasks stream through two workers, several queued in each worker's pipe at a time, while
     a worker is SIGKILLed after every BATCH_KILL_EVERY tasks that end: wherever the kill lands (a task

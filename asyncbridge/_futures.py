@@ -69,6 +69,7 @@ def _adopt_done(h: Result[Any], fut: cf.Future[Any]) -> None:
 def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
     """A handle mirroring ``fut``; callbacks on it run where ``fut``'s callbacks run."""
     h: Wrapped[T] = Wrapped()
+    link = _Link(h)
     if type(fut) is cf.Future:
         state = fut._state
         if state in (PENDING, RUNNING):
@@ -76,7 +77,6 @@ def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
             # lock (its Condition would cost more than the handle): appending to its callback list
             # is atomic, and a future that ended between the two reads may or may not call the
             # link, so the re-check adopts it too; ending a handle twice is a no-op.
-            link = _Link(h)
             h._bind_future("future", fut, None, state == RUNNING, None, _runs, link)
             fut._done_callbacks.append(link)  # type: ignore[attr-defined]
             if fut._state in (PENDING, RUNNING):
@@ -86,7 +86,6 @@ def wrap_cf_future(fut: cf.Future[T]) -> Result[T]:
         _adopt_done(h, fut)
         return h
     if not fut.done():
-        link = _Link(h)
         h._bind_future("future", fut, None, fut.running(), None, _runs_any, link)
         fut.add_done_callback(link)  # runs at once if fut finished meanwhile
         return h

@@ -137,9 +137,10 @@ class _ThreadPool:
                     idle.append(None)
                     _complete(h, fn, ok, outcome)
                     del running[ident], outcome
+                    retire = self._too_many()
                 else:
                     idle.append(None)
-                retire = self._too_many()
+                    retire = self._too_many()
                 del h, ctx, fn, args, kwargs  # drop references before idling
                 if retire:
                     return
